@@ -1,0 +1,61 @@
+/**
+ * The server's set of connected agents, handing out streams round-robin.
+ *
+ * @module
+ */
+
+/** What the pool needs of an agent connection. */
+export interface StreamOpener<S> {
+  openStream(): S;
+}
+
+/**
+ * Round-robin over connected agents. An agent that cannot open a stream (stream limit, closing) is
+ * skipped, so one saturated agent does not fail a client while another has room.
+ */
+export class AgentPool<A extends StreamOpener<S>, S = ReturnType<A["openStream"]>> {
+  #agents: A[] = [];
+  #next = 0;
+
+  /** Number of connected agents. */
+  get size(): number {
+    return this.#agents.length;
+  }
+
+  /** The connected agents, in round-robin order. */
+  get agents(): readonly A[] {
+    return this.#agents;
+  }
+
+  /** Adds an agent that completed its handshake. */
+  add(agent: A): void {
+    this.#agents.push(agent);
+  }
+
+  /** Removes an agent whose connection ended; unknown agents are ignored. */
+  remove(agent: A): void {
+    const index = this.#agents.indexOf(agent);
+    if (index < 0) return;
+    this.#agents.splice(index, 1);
+    if (this.#next > index) this.#next--;
+    if (this.#next >= this.#agents.length) this.#next = 0;
+  }
+
+  /**
+   * Opens a stream on the next agent that can take one. Returns `undefined` with the errors of
+   * every agent tried when none could (or none is connected).
+   */
+  openStream(): { stream: S; agent: A } | { stream: undefined; errors: Error[] } {
+    const errors: Error[] = [];
+    for (let tried = 0; tried < this.#agents.length; tried++) {
+      const agent = this.#agents[this.#next];
+      this.#next = (this.#next + 1) % this.#agents.length;
+      try {
+        return { stream: agent.openStream() as S, agent };
+      } catch (err) {
+        errors.push(err as Error);
+      }
+    }
+    return { stream: undefined, errors };
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * Command-line flags for the role scripts on `node:util` parseArgs: typed values, defaults, `--help`
+ * text generated from the same table, and Go `flag` spellings (`-cert-file x`, `--v=2`) accepted so
+ * that existing manifests of the reference keep working.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { type HostPort, parseHostPort } from "./hostport.ts";
+
+/** Kinds of flag values; durations become milliseconds, sizes bytes. */
+export type FlagKind = "string" | "int" | "duration" | "size" | "hostport" | "bool";
+
+/** One flag: its kind, help text, and default (as it would be typed). */
+export interface FlagSpec {
+  kind: FlagKind;
+  help: string;
+  default?: string;
+  required?: boolean;
+  /** Placeholder shown in help, e.g. `host:port`. */
+  value?: string;
+}
+
+type ValueOf<K extends FlagKind> = K extends "string" ? string
+  : K extends "hostport" ? HostPort
+  : K extends "bool" ? boolean
+  : number;
+
+/** The parsed values of a flag table. */
+export type FlagValues<T extends Record<string, FlagSpec>> = { [K in keyof T]: ValueOf<T[K]["kind"]> };
+
+/** A command line that cannot be used; the message names the flag. */
+export class FlagError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "FlagError";
+  }
+}
+
+/** Describes a role for `--help`. */
+export interface CommandInfo {
+  name: string;
+  summary: string;
+  version: string;
+}
+
+const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const UNITS_BYTES: Record<string, number> = { "": 1, k: 1024, kib: 1024, m: 1 << 20, mib: 1 << 20, g: 1 << 30, gib: 1 << 30 };
+
+/** Parses a Go-style duration (`500ms`, `10s`, `1m30s`) to milliseconds; a bare number is seconds. */
+export function parseDuration(text: string): number | undefined {
+  if (/^[0-9]+(\.[0-9]+)?$/.test(text)) return Number(text) * 1000;
+  const re = /([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)/gy;
+  let total = 0;
+  let matched = 0;
+  for (let m = re.exec(text); m !== null; m = re.exec(text)) {
+    total += Number(m[1]) * UNITS_MS[m[2]];
+    matched = re.lastIndex;
+  }
+  return matched === text.length && text.length > 0 ? Math.round(total) : undefined;
+}
+
+/** Parses a byte size such as `1MiB`, `512k` or `65536`. */
+export function parseSize(text: string): number | undefined {
+  const m = /^([0-9]+)\s*([a-z]*)$/i.exec(text);
+  const unit = m ? UNITS_BYTES[m[2].toLowerCase()] : undefined;
+  return m && unit !== undefined ? Number(m[1]) * unit : undefined;
+}
+
+function convert(name: string, spec: FlagSpec, text: string): unknown {
+  const fail = (what: string): never => {
+    throw new FlagError(`--${name}: ${what}, got ${JSON.stringify(text)}`);
+  };
+  switch (spec.kind) {
+    case "string":
+      return text;
+    case "bool":
+      if (text === "true" || text === "") return true;
+      if (text === "false") return false;
+      return fail("expected true or false");
+    case "int":
+      return /^[0-9]+$/.test(text) ? Number(text) : fail("expected a non-negative integer");
+    case "duration":
+      return parseDuration(text) ?? fail("expected a duration such as 500ms, 10s or 2m");
+    case "size":
+      return parseSize(text) ?? fail("expected a size such as 1232, 64KiB or 8MiB");
+    case "hostport":
+      return parseHostPort(text) ?? fail("expected host:port or [ipv6]:port");
+  }
+}
+
+/** Rewrites Go `flag` spellings (`-name`, `-name=value`) to the `--name` form parseArgs reads. */
+function normalize(argv: string[]): string[] {
+  return argv.map((arg) => (/^-[A-Za-z][A-Za-z0-9-]+(=.*)?$/.test(arg) || arg === "-v" ? `-${arg}` : arg));
+}
+
+/** The `--help` text of a command. */
+export function helpText<T extends Record<string, FlagSpec>>(info: CommandInfo, flags: T): string {
+  const rows = Object.entries(flags).map(([name, spec]) => {
+    const left = `  --${name}${spec.kind === "bool" ? "" : ` ${spec.value ?? spec.kind}`}`;
+    const extra = spec.required ? " (required)" : spec.default !== undefined && spec.default !== "" ? ` (default ${spec.default})` : "";
+    return [left, `${spec.help}${extra}`];
+  });
+  rows.push(["  --help", "Print this help and exit."], ["  --version", "Print the version and exit."]);
+  const width = Math.max(...rows.map(([left]) => left.length)) + 2;
+  const lines = rows.map(([left, right]) => `${left.padEnd(width)}${right}`);
+  return `Usage: ${info.name} [flags]\n\n${info.summary}\n\nFlags (also accepted as -flag or --flag=value):\n${lines.join("\n")}\n`;
+}
+
+/**
+ * Parses `argv` against the flag table. Returns the typed values, or `"help"`/`"version"` when one
+ * of those was asked for. Throws {@link FlagError} for unknown flags, bad values and missing ones.
+ */
+export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], flags: T): FlagValues<T> | "help" | "version" {
+  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" }, version: { type: "boolean" } };
+  for (const [name, spec] of Object.entries(flags)) options[name] = { type: spec.kind === "bool" ? "boolean" : "string" };
+  const args = normalize(argv).map((arg) => {
+    const bool = /^--([^=]+)=(true|false)$/.exec(arg);
+    return bool && flags[bool[1]]?.kind === "bool" ? (bool[2] === "true" ? `--${bool[1]}` : `--no-${bool[1]}`) : arg;
+  });
+  const negated = new Set(args.filter((arg) => arg.startsWith("--no-")).map((arg) => arg.slice(5)));
+  let parsed: Record<string, string | boolean | undefined>;
+  try {
+    parsed = parseArgs({ args: args.filter((arg) => !arg.startsWith("--no-") || !flags[arg.slice(5)]), options, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    throw new FlagError((err as Error).message.replace(/\. To specify.*$/s, ""));
+  }
+  if (parsed.help) return "help";
+  if (parsed.version) return "version";
+  const values: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(flags)) {
+    const given = parsed[name];
+    if (spec.kind === "bool") {
+      values[name] = negated.has(name) ? false : given === true ? true : convert(name, spec, spec.default ?? "false");
+      continue;
+    }
+    const text = typeof given === "string" ? given : spec.default;
+    if (text === undefined || text === "") {
+      if (spec.required) throw new FlagError(`--${name} is required`);
+      values[name] = spec.kind === "string" ? "" : undefined;
+      continue;
+    }
+    values[name] = convert(name, spec, text);
+  }
+  return values as FlagValues<T>;
+}

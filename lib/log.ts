@@ -1,0 +1,64 @@
+/**
+ * Logging on `@logtape/logtape`: one line per event on stderr, klog-style verbosity from `--v`.
+ * Message templates carry context as properties (`{peer}`, `{target}`); properties the template
+ * does not use are appended as `key=value`.
+ *
+ * @module
+ */
+import { configureSync, getLogger, type Logger, type LogLevel, type LogRecord } from "@logtape/logtape";
+
+export type { Logger };
+
+/**
+ * Maps klog verbosity to a lowest level: 0-1 lifecycle (`info`), 2-3 one line per tunnel
+ * (`debug`), 4 and up per-stream detail (`trace`). Warnings and errors always show.
+ */
+export function levelForVerbosity(v: number): LogLevel {
+  if (v >= 4) return "trace";
+  if (v >= 2) return "debug";
+  return "info";
+}
+
+const LEVEL_NAMES: Record<LogLevel, string> = {
+  trace: "TRACE",
+  debug: "DEBUG",
+  info: "INFO",
+  warning: "WARN",
+  error: "ERROR",
+  fatal: "FATAL",
+};
+
+function quote(value: unknown): string {
+  const text = value instanceof Error ? value.message : typeof value === "string" ? value : JSON.stringify(value);
+  return /^[^\s"=]*$/.test(text ?? "") ? String(text) : JSON.stringify(text);
+}
+
+/** Renders a record as `time LEVEL category message key=value ...`. */
+export function formatLine(record: LogRecord): string {
+  let message = "";
+  const used = new Set<string>();
+  for (let i = 0; i < record.message.length; i++) {
+    const part = record.message[i];
+    message += i % 2 === 0 ? String(part) : quote(part);
+  }
+  for (const match of String(record.rawMessage).matchAll(/\{(\w+)\}/g)) used.add(match[1]);
+  const extra = Object.entries(record.properties)
+    .filter(([key, value]) => !used.has(key) && value !== undefined)
+    .map(([key, value]) => ` ${key}=${quote(value)}`)
+    .join("");
+  const time = new Date(record.timestamp).toISOString();
+  return `${time} ${LEVEL_NAMES[record.level]} ${record.category.slice(1).join(".")}: ${message}${extra}\n`;
+}
+
+/** Configures logging for a role and returns its logger. Call once at start-up. */
+export function setupLogging(role: string, options: { verbosity: number }): Logger {
+  configureSync({
+    reset: true,
+    sinks: { stderr: (record) => process.stderr.write(formatLine(record)) },
+    loggers: [
+      { category: ["quic-tunnel"], lowestLevel: levelForVerbosity(options.verbosity), sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
+    ],
+  });
+  return getLogger(["quic-tunnel", role]);
+}

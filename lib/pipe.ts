@@ -1,0 +1,68 @@
+/**
+ * Bidirectional copy between two duplex streams, like the Go original's `pipe.Request`, but with
+ * half-close: one side's end-of-stream is passed on while the other direction keeps flowing.
+ *
+ * @module
+ */
+import type { Duplex } from "node:stream";
+
+/** What a finished {@link pipeBoth} moved, and the first error that ended it early. */
+export interface PipeResult {
+  /** Bytes copied from the first stream to the second. */
+  sent: number;
+  /** Bytes copied from the second stream to the first. */
+  received: number;
+  /** The first error of either side; both sides are destroyed when there is one. */
+  error?: Error;
+}
+
+function forward(from: Duplex, to: Duplex, count: (n: number) => void): void {
+  let waiting = false;
+  const resume = () => {
+    waiting = false;
+    from.resume();
+  };
+  from.on("data", (chunk: Buffer) => {
+    count(chunk.length);
+    if (!to.write(chunk) && !waiting) {
+      waiting = true;
+      from.pause();
+      to.once("drain", resume);
+    }
+  });
+  from.once("end", () => to.end());
+  from.resume();
+}
+
+/**
+ * Copies `a` to `b` and `b` to `a` until both directions have ended and both streams closed.
+ * An error or an abrupt close of either stream destroys the other. Never rejects.
+ */
+export function pipeBoth(a: Duplex, b: Duplex): Promise<PipeResult> {
+  const result: PipeResult = { sent: 0, received: 0 };
+  return new Promise((resolve) => {
+    let open = 2;
+    const onClose = (stream: Duplex, other: Duplex) => {
+      const clean = stream.readableEnded && stream.writableFinished;
+      if (!clean && !other.destroyed) other.destroy();
+      if (--open === 0) resolve(result);
+    };
+    const onError = (err: Error) => {
+      result.error ??= err;
+      a.destroy();
+      b.destroy();
+    };
+    for (const [stream, other] of [[a, b], [b, a]]) {
+      stream.on("error", onError);
+      // A stream torn down before the pipe started will not emit "close" again.
+      if (stream.closed) queueMicrotask(() => onClose(stream, other));
+      else stream.once("close", () => onClose(stream, other));
+    }
+    forward(a, b, (n) => {
+      result.sent += n;
+    });
+    forward(b, a, (n) => {
+      result.received += n;
+    });
+  });
+}
