@@ -45,7 +45,7 @@ try {
 }
 
 // Transport: one QUIC connection to the server, kept up for as long as the process runs.
-runAgent(
+const agent = runAgent(
   {
     server: flags.server,
     serverName: flags["server-name"],
@@ -56,6 +56,15 @@ runAgent(
   },
   (stream) => void serveUpstream(stream),
 );
+
+// Shutdown: close the connection with a clean code so the server stops routing to this agent.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    log.info("received {signal}, shutting down", { signal });
+    agent.stop();
+    void agent.done.then(() => setTimeout(() => process.exit(0), 50));
+  });
+}
 
 // Per stream: dial the upstream; if that fails, reset the stream so the client's connection ends.
 async function serveUpstream(stream: QuicStream): Promise<void> {

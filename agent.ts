@@ -46,7 +46,7 @@ try {
 }
 
 // Transport: one QUIC connection to the server, kept up for as long as the process runs.
-runAgent(
+const agent = runAgent(
   {
     server: flags.server,
     serverName: flags["server-name"],
@@ -57,6 +57,15 @@ runAgent(
   },
   (stream) => void serveConnect(stream),
 );
+
+// Shutdown: close the connection with a clean code so the server stops routing to this agent.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    log.info("received {signal}, shutting down", { signal });
+    agent.stop();
+    void agent.done.then(() => setTimeout(() => process.exit(0), 50));
+  });
+}
 
 // Per stream: one CONNECT request, then a tunnel to its target.
 async function serveConnect(stream: QuicStream): Promise<void> {

@@ -104,3 +104,12 @@ tcp.listen(flags["listen-tcp"].port, flags["listen-tcp"].host, () => {
     quic: formatHostPort(quic.address()),
   });
 });
+
+// Shutdown: close agents' connections with a clean code so they reconnect elsewhere at once.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    log.info("received {signal}, shutting down", { signal });
+    tcp.close();
+    void quic.close().then(() => process.exit(0));
+  });
+}

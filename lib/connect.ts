@@ -102,7 +102,7 @@ export function parseConnectTarget(target: string): HostPort {
  */
 export function readRequestHead(input: Readable, limits: HeadLimits): Promise<{ head: RequestHead; rest: Buffer }> {
   return new Promise((resolve, reject) => {
-    let buffered = Buffer.alloc(0);
+    let buffered: Buffer = Buffer.alloc(0);
     const finish = (error: Error | null, value?: { head: RequestHead; rest: Buffer }) => {
       clearTimeout(timer);
       input.off("data", onData);

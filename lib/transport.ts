@@ -16,6 +16,7 @@ import { EventEmitter } from "node:events";
 import { isIP } from "node:net";
 import { Duplex } from "node:stream";
 import { type Config, type Connection, type ConnectionError, quiche } from "./quiche.ts";
+import { MAX_DATAGRAM, type PacketProducer, packetSender } from "./udp.ts";
 
 /** Tunables shared by client and server. */
 export interface TransportOptions {
@@ -75,7 +76,6 @@ const SIGALGS = [
   "ed25519",
 ].join(":");
 const CID_LENGTH = 20;
-const MAX_DATAGRAM = 1500;
 const UDP_BUFFER_BYTES = 4 << 20;
 const RETRY_TOKEN_TTL_MS = 10_000;
 const EMPTY = new Uint8Array(0);
@@ -295,7 +295,7 @@ interface ConnectionEvents {
   close: [QuicError | undefined];
 }
 
-type SendDatagram = (packet: Buffer, host: string, port: number) => void;
+type SendPackets = (produce: PacketProducer) => void;
 
 /**
  * One QUIC connection. Emits `established`, `stream` (a stream the peer opened) and `close` (with
@@ -311,7 +311,8 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
   established = false;
   closed = false;
   #isServer: boolean;
-  #send: SendDatagram;
+  #sendPackets: SendPackets;
+  #produce: PacketProducer;
   #options: TransportOptions;
   #streams = new Map<number, QuicStream>();
   #wantWrite = new Set<QuicStream>();
@@ -324,17 +325,24 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
   #keepAlive: ReturnType<typeof setInterval> | undefined;
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   #closeError: QuicError | undefined;
-  #sendBuffer: Buffer;
 
-  constructor(native: Connection, options: { isServer: boolean; peer: string; send: SendDatagram; transport: TransportOptions }) {
+  constructor(native: Connection, options: { isServer: boolean; peer: string; send: SendPackets; transport: TransportOptions }) {
     super();
     this.native = native;
     this.peer = options.peer;
     this.#isServer = options.isServer;
-    this.#send = options.send;
+    this.#sendPackets = options.send;
+    this.#produce = (buffer) => {
+      let result: ReturnType<Connection["send"]>;
+      try {
+        result = native.send(buffer);
+      } catch {
+        return null;
+      }
+      return result === null ? null : { length: result[0], host: result[1].to.host, port: result[1].to.port };
+    };
     this.#options = options.transport;
     this.#nextLocalStream = options.isServer ? 1 : 0;
-    this.#sendBuffer = Buffer.allocUnsafe(Math.max(options.transport.maxUdpPayload, MAX_DATAGRAM));
     this.#handshakeTimer = setTimeout(() => {
       if (!this.established) {
         this.#fail(new QuicError(`QUIC handshake with ${this.peer} timed out after ${options.transport.handshakeTimeoutMs} ms`));
@@ -431,24 +439,9 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
         for (const stream of writers) stream.sendPending();
       }
     }
-    this.#sendPackets();
+    this.#sendPackets(this.#produce);
     if (native.isClosed()) this.#onClosed();
     else this.#armTimer();
-  }
-
-  #sendPackets(): void {
-    const buffer = this.#sendBuffer;
-    for (;;) {
-      let result: ReturnType<Connection["send"]>;
-      try {
-        result = this.native.send(buffer);
-      } catch {
-        return;
-      }
-      if (result === null) return;
-      const [length, info] = result;
-      this.#send(Buffer.from(buffer.subarray(0, length)), info.to.host, info.to.port);
-    }
   }
 
   #armTimer(): void {
@@ -537,7 +530,7 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
     } catch {
       // already closing
     }
-    this.#sendPackets();
+    this.#sendPackets(this.#produce);
     this.#onClosed();
   }
 
@@ -607,29 +600,26 @@ export async function connect(options: ConnectOptions): Promise<QuicConnection> 
   try {
     await new Promise<void>((resolve, reject) => {
       socket.once("error", reject);
-      socket.bind(0, () => socket.connect(options.port, target.address, () => {
+      socket.bind(0, target.family === 6 ? "::" : "0.0.0.0", () => {
         socket.off("error", reject);
         resolve();
-      }));
+      });
     });
   } catch (err) {
     socket.close();
-    throw new QuicError(`cannot open UDP socket to ${peer}: ${(err as Error).message}`, { cause: err });
+    throw new QuicError(`cannot open a UDP socket for ${peer}: ${(err as Error).message}`, { cause: err });
   }
   tuneSocket(socket);
-  const local = socket.address();
   const recvInfo = {
     from: { host: target.address, port: options.port },
-    to: { host: local.address, port: local.port },
+    to: { host: target.family === 6 ? "::" : "0.0.0.0", port: socket.address().port },
   };
   const native = quiche.Connection.connect(options.serverName, randomBytes(CID_LENGTH), recvInfo.to, recvInfo.from, config);
-  const connection = new QuicConnection(native, {
-    isServer: false,
-    peer,
-    send: (packet) => socket.send(packet),
-    transport,
+  const connection = new QuicConnection(native, { isServer: false, peer, send: packetSender(socket), transport });
+  socket.on("message", (datagram, rinfo) => {
+    // The socket is not connected (so that sends can be batched); ignore anyone but the server.
+    if (rinfo.port === options.port && rinfo.address === target.address) connection.receive(datagram, recvInfo);
   });
-  socket.on("message", (datagram) => connection.receive(datagram, recvInfo));
   socket.on("error", () => {
     // ICMP errors (port unreachable) surface here; the handshake or idle timer reports them.
   });
@@ -684,6 +674,7 @@ export class QuicServer extends EventEmitter<ServerEvents> {
   #tokenKey = randomBytes(32);
   #local: { host: string; port: number };
   #sendBuffer = Buffer.allocUnsafe(MAX_DATAGRAM);
+  #send: SendPackets;
 
   constructor(socket: dgram.Socket, config: Config, transport: TransportOptions, retry: boolean) {
     super();
@@ -693,6 +684,7 @@ export class QuicServer extends EventEmitter<ServerEvents> {
     this.#retry = retry;
     const address = socket.address();
     this.#local = { host: address.address, port: address.port };
+    this.#send = packetSender(socket);
     socket.on("message", (datagram, rinfo) => this.#onDatagram(datagram, rinfo));
     socket.on("error", (err) => this.emit("error", err));
   }
@@ -764,13 +756,7 @@ export class QuicServer extends EventEmitter<ServerEvents> {
       return;
     }
     const peer = info.from.host.includes(":") ? `[${info.from.host}]:${info.from.port}` : `${info.from.host}:${info.from.port}`;
-    const socket = this.#socket;
-    const connection = new QuicConnection(native, {
-      isServer: true,
-      peer,
-      send: (packet, host, port) => socket.send(packet, port, host),
-      transport: this.#transport,
-    });
+    const connection = new QuicConnection(native, { isServer: true, peer, send: this.#send, transport: this.#transport });
     const keys = [scid.toString("hex"), dcid.toString("hex")];
     for (const key of keys) this.#connections.set(key, connection);
     connection.once("established", () => this.emit("connection", connection));

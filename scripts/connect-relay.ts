@@ -1,0 +1,30 @@
+/**
+ * A plain one-process CONNECT proxy built from the same lib/ parts as the agent (request head,
+ * dial, pipe) but without QUIC: the benchmark's reference for "what a TCP relay costs here".
+ *
+ * Usage: bun run scripts/connect-relay.ts --listen 127.0.0.1:0   (prints "listening PORT")
+ *
+ * @module
+ */
+import net from "node:net";
+import { HttpError, parseConnectTarget, readRequestHead, replyAndClose, statusResponse } from "../lib/connect.ts";
+import { dial } from "../lib/dial.ts";
+import { parseHostPort } from "../lib/hostport.ts";
+import { pipeBoth } from "../lib/pipe.ts";
+
+const listenAt = parseHostPort(process.argv[process.argv.indexOf("--listen") + 1] ?? "127.0.0.1:0") ?? { host: "127.0.0.1", port: 0 };
+const server = net.createServer({ allowHalfOpen: true, noDelay: true }, async (socket) => {
+  socket.on("error", () => {});
+  try {
+    const { head, rest } = await readRequestHead(socket, { maxBytes: 16384, timeoutMs: 10_000 });
+    const target = await dial(parseConnectTarget(head.target), { timeoutMs: 10_000 });
+    socket.write(statusResponse(200));
+    if (rest.length > 0) target.write(rest);
+    await pipeBoth(socket, target);
+  } catch (err) {
+    replyAndClose(socket, err instanceof HttpError ? err.status : 502, { reason: (err as Error).message });
+  }
+});
+server.listen(listenAt.port, listenAt.host, () => {
+  process.stdout.write(`listening ${(server.address() as net.AddressInfo).port}\n`);
+});

@@ -1,0 +1,252 @@
+/**
+ * Test and benchmark harness: starts the real role scripts as separate processes on loopback,
+ * a local HTTP target, and real clients (curl, raw sockets).
+ *
+ * @module
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type DevCertPaths, ensureDevCerts } from "../lib/dev-certs.ts";
+
+/** The project root. */
+export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
+
+declare const Deno: unknown;
+declare const Bun: unknown;
+
+/** The command that runs a TypeScript file with the runtime running this code. */
+export function runtimeCommand(script: string): [string, string[]] {
+  const path = join(ROOT, script);
+  if (typeof Deno !== "undefined") return [process.execPath, ["run", "-A", path]];
+  if (typeof Bun !== "undefined") return [process.execPath, ["run", path]];
+  return [process.execPath, [path]];
+}
+
+/** A role script running as a child process, its stderr collected. */
+export interface RoleProcess {
+  child: ChildProcess;
+  /** Everything the process wrote to stderr so far. */
+  log(): string;
+  /** Resolves with the first match of `pattern` in stderr (past or future). */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Sends `signal` and resolves with the exit code (or signal name). */
+  stop(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+/** Starts `script` (server.ts, agent.ts, ...) with `args`. */
+export function spawnRole(script: string, args: string[]): RoleProcess {
+  const [command, base] = runtimeCommand(script);
+  const child = spawn(command, [...base, ...args], { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+  let stderr = "";
+  const waiters = new Set<() => void>();
+  child.stderr?.setEncoding("utf8");
+  child.stderr?.on("data", (text: string) => {
+    stderr += text;
+    for (const waiter of waiters) waiter();
+  });
+  child.stdout?.resume();
+  const exited = new Promise<number | string>((resolve) => {
+    child.once("exit", (code, signal) => {
+      resolve(code ?? signal ?? -1);
+      for (const waiter of waiters) waiter();
+    });
+  });
+  return {
+    child,
+    log: () => stderr,
+    waitFor(pattern, timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const match = pattern.exec(stderr);
+          if (match) {
+            done();
+            resolve(match);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            done();
+            reject(new Error(`${script} exited (${child.exitCode ?? child.signalCode}) before ${pattern}:\n${stderr}`));
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`timed out after ${timeoutMs} ms waiting for ${pattern} from ${script}:\n${stderr}`));
+        }, timeoutMs);
+        const done = () => {
+          clearTimeout(timer);
+          waiters.delete(check);
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    stop(signal = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+let sharedCerts: DevCertPaths | undefined;
+
+/** Development certificates for tests, made once per process in a temporary directory. */
+export function testCerts(): DevCertPaths {
+  sharedCerts ??= ensureDevCerts(mkdtempSync(join(tmpdir(), "quic-tunnel-certs-")));
+  return sharedCerts;
+}
+
+/** Another CA and certificates that the tunnel's CA did not sign. */
+export function foreignCerts(): DevCertPaths {
+  return ensureDevCerts(mkdtempSync(join(tmpdir(), "quic-tunnel-foreign-")), { caName: "some-other-ca" });
+}
+
+/** A started server and its bound ports. */
+export interface ServerProcess extends RoleProcess {
+  tcpPort: number;
+  quicPort: number;
+}
+
+/** Starts server.ts on loopback with free ports (or `ports`) and waits until it listens. */
+export async function startServer(options: { certs?: DevCertPaths; args?: string[]; tcpPort?: number; quicPort?: number } = {}): Promise<ServerProcess> {
+  const certs = options.certs ?? testCerts();
+  const proc = spawnRole("server.ts", [
+    "--listen-tcp",
+    `127.0.0.1:${options.tcpPort ?? 0}`,
+    "--listen-quic",
+    `127.0.0.1:${options.quicPort ?? 0}`,
+    "--cert-file",
+    certs.serverCert,
+    "--cert-key",
+    certs.serverKey,
+    "--client-ca-file",
+    certs.ca,
+    ...(options.args ?? []),
+  ]);
+  const match = await proc.waitFor(/server started, tcp=127\.0\.0\.1:(\d+) quic=127\.0\.0\.1:(\d+)/);
+  return Object.assign(proc, { tcpPort: Number(match[1]), quicPort: Number(match[2]) });
+}
+
+/** Starts agent.ts (or agent-tcp.ts) against `quicPort`; waits for the connection unless told not to. */
+export async function startAgent(
+  quicPort: number,
+  options: { script?: string; certs?: DevCertPaths; args?: string[]; wait?: boolean } = {},
+): Promise<RoleProcess> {
+  const certs = options.certs ?? testCerts();
+  const proc = spawnRole(options.script ?? "agent.ts", [
+    "--server",
+    `127.0.0.1:${quicPort}`,
+    "--ca-file",
+    certs.ca,
+    "--cert-file",
+    certs.clientCert,
+    "--cert-key",
+    certs.clientKey,
+    ...(options.args ?? []),
+  ]);
+  if (options.wait !== false) await proc.waitFor(/connected to server/);
+  return proc;
+}
+
+const BLOCK = randomBytes(1 << 20);
+
+/** The n-th MiB of the deterministic download body: a random block stamped with its index. */
+function bodyChunk(index: number): Buffer {
+  const chunk = Buffer.from(BLOCK);
+  chunk.writeUInt32BE(index, 0);
+  return chunk;
+}
+
+/** sha256 (hex) of the download body of `mib` MiB that {@link startHttpTarget} serves. */
+export function expectedSha256(mib: number): string {
+  const hash = createHash("sha256");
+  for (let i = 0; i < mib; i++) hash.update(bodyChunk(i));
+  return hash.digest("hex");
+}
+
+/** A local HTTP target: `GET /mib/N` sends N MiB, `POST` answers the body's `bytes sha256`. */
+export async function startHttpTarget(host = "127.0.0.1"): Promise<{ port: number; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    if (req.method === "POST" || req.method === "PUT") {
+      const hash = createHash("sha256");
+      let bytes = 0;
+      req.on("data", (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      req.on("end", () => res.end(`${bytes} ${hash.digest("hex")}`));
+      return;
+    }
+    const mib = Number(/^\/mib\/(\d+)$/.exec(req.url ?? "")?.[1] ?? 0);
+    if (!mib) {
+      res.end("hello through the tunnel\n");
+      return;
+    }
+    res.writeHead(200, { "content-length": mib << 20, "content-type": "application/octet-stream" });
+    let index = 0;
+    const pump = () => {
+      while (index < mib) {
+        if (!res.write(bodyChunk(index++))) return void res.once("drain", pump);
+      }
+      res.end();
+    };
+    pump();
+  });
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () => {
+      server.closeAllConnections?.();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** Runs a command to completion, collecting stdout and stderr. */
+export function run(command: string, args: string[], options: { input?: Buffer; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: [options.input ? "pipe" : "ignore", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    let stderr = "";
+    child.stdout?.on("data", (chunk: Buffer) => out.push(chunk));
+    child.stderr?.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout: Buffer.concat(out), stderr });
+    });
+    if (options.input) child.stdin?.end(options.input);
+  });
+}
+
+/** Opens a raw TCP connection, sends `request`, and resolves with everything until the server closes. */
+export function rawExchange(port: number, request: string | Buffer, options: { timeoutMs?: number; endAfterWrite?: boolean } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+    let text = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      text += chunk;
+    });
+    socket.on("error", (err) => (text ? resolve(text) : reject(err)));
+    socket.on("close", () => resolve(text));
+    socket.setTimeout(options.timeoutMs ?? 10_000, () => {
+      socket.destroy();
+      reject(new Error(`no close after ${options.timeoutMs ?? 10_000} ms; got ${JSON.stringify(text.slice(0, 200))}`));
+    });
+    socket.write(request);
+    if (options.endAfterWrite) socket.end();
+    socket.on("end", () => socket.end());
+  });
+}
+
+/** sha256 (hex) of a buffer. */
+export function sha256(data: Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
