@@ -246,6 +246,7 @@ export class QuicStream extends Duplex {
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
     if (this.#connection.closed) return callback(new QuicError("QUIC connection is closed"));
+    if (chunk.length === 0) return callback();
     this.#pending = chunk;
     this.#pendingCallback = callback;
     this.sendPending();

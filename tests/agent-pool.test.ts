@@ -1,0 +1,46 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { AgentPool } from "../lib/agent-pool.ts";
+
+class FakeAgent {
+  opened = 0;
+  constructor(readonly name: string, public full = false) {}
+  openStream(): string {
+    if (this.full) throw new Error(`${this.name} is at its stream limit`);
+    this.opened++;
+    return `${this.name}#${this.opened}`;
+  }
+}
+
+test("round-robin over agents", () => {
+  const pool = new AgentPool<FakeAgent, string>();
+  const [a, b, c] = [new FakeAgent("a"), new FakeAgent("b"), new FakeAgent("c")];
+  for (const agent of [a, b, c]) pool.add(agent);
+  const names = Array.from({ length: 6 }, () => pool.openStream().stream);
+  assert.deepEqual(names, ["a#1", "b#1", "c#1", "a#2", "b#2", "c#2"]);
+});
+
+test("skips an agent that cannot open a stream and reports when none can", () => {
+  const pool = new AgentPool<FakeAgent, string>();
+  const [a, b] = [new FakeAgent("a", true), new FakeAgent("b")];
+  pool.add(a);
+  pool.add(b);
+  assert.equal(pool.openStream().stream, "b#1");
+  b.full = true;
+  const none = pool.openStream();
+  assert.equal(none.stream, undefined);
+  assert.ok("errors" in none && none.errors.length === 2);
+});
+
+test("removal keeps the rotation fair and an empty pool answers nothing", () => {
+  const pool = new AgentPool<FakeAgent, string>();
+  assert.equal(pool.openStream().stream, undefined);
+  const [a, b, c] = [new FakeAgent("a"), new FakeAgent("b"), new FakeAgent("c")];
+  for (const agent of [a, b, c]) pool.add(agent);
+  pool.openStream();
+  pool.openStream();
+  pool.remove(b);
+  pool.remove(new FakeAgent("unknown"));
+  assert.equal(pool.size, 2);
+  assert.deepEqual([pool.openStream().stream, pool.openStream().stream], ["c#1", "a#2"]);
+});
