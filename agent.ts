@@ -26,7 +26,12 @@ const flags = parseCommandLine(
   {
     ...AGENT_FLAGS,
     "max-header-bytes": { kind: "size", value: "size", default: "16KiB", help: "Largest CONNECT request head accepted (431 beyond)." },
-    "header-timeout": { kind: "duration", value: "dur", default: "10s", help: "Time allowed for a CONNECT request head to arrive (408 beyond)." },
+    "header-timeout": {
+      kind: "duration",
+      value: "dur",
+      default: "10s",
+      help: "Time allowed for a CONNECT request head to arrive (408 beyond).",
+    },
   },
 );
 const log = setupLogging("agent", { verbosity: flags.v });
@@ -97,7 +102,12 @@ async function serveConnect(stream: QuicStream): Promise<void> {
     socket = await dial(target, { timeoutMs: flags["dial-timeout"] });
   } catch (err) {
     const status = err instanceof HttpError ? err.status : 502;
-    log.warn("stream {stream}: CONNECT {target} failed: {reason}", { stream: stream.id, target: head.target, status, reason: (err as Error).message });
+    log.warn("stream {stream}: CONNECT {target} failed: {reason}", {
+      stream: stream.id,
+      target: head.target,
+      status,
+      reason: (err as Error).message,
+    });
     replyAndClose(stream, status, { reason: (err as Error).message });
     return;
   }

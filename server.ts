@@ -24,11 +24,21 @@ const flags = parseCommandLine(
     summary: "Reverse HTTP CONNECT tunnel server: TCP clients in, QUIC agents (mutual TLS) out.",
   },
   {
-    "listen-tcp": { kind: "hostport", value: "host:port", default: "0.0.0.0:8443", help: "TCP address for CONNECT clients ([::]:port for IPv6)." },
+    "listen-tcp": {
+      kind: "hostport",
+      value: "host:port",
+      default: "0.0.0.0:8443",
+      help: "TCP address for CONNECT clients ([::]:port for IPv6).",
+    },
     "listen-quic": { kind: "hostport", value: "host:port", default: "0.0.0.0:8888", help: "UDP address for agents' QUIC connections." },
     "cert-file": { kind: "string", value: "path", required: true, help: "PEM server certificate presented to agents." },
     "cert-key": { kind: "string", value: "path", required: true, help: "PEM private key of the server certificate." },
-    "client-ca-file": { kind: "string", value: "path", required: true, help: "PEM CA bundle that verifies agents' client certificates (required)." },
+    "client-ca-file": {
+      kind: "string",
+      value: "path",
+      required: true,
+      help: "PEM CA bundle that verifies agents' client certificates (required).",
+    },
     "quic-retry": { kind: "bool", default: "true", help: "Validate agent addresses with a stateless QUIC Retry before keeping state." },
     ...TRANSPORT_FLAGS,
     ...COMMON_FLAGS,
@@ -53,7 +63,7 @@ try {
 // Transport: agents connect over QUIC and join the round-robin pool.
 const agents = new AgentPool<QuicConnection>();
 const quic = await listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] }).catch((err) =>
-  exitWithError("quic-server", err)
+  exitWithError("quic-server", err),
 );
 quic.on("connection", (agent) => {
   agents.add(agent);
@@ -73,9 +83,10 @@ const tcp = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
   const client = formatHostPort({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 });
   const opened = agents.openStream();
   if (opened.stream === undefined) {
-    const reason = agents.size === 0
-      ? "no agent is connected to the tunnel server"
-      : `no agent can take a stream: ${opened.errors.map((err) => err.message).join("; ")}`;
+    const reason =
+      agents.size === 0
+        ? "no agent is connected to the tunnel server"
+        : `no agent can take a stream: ${opened.errors.map((err) => err.message).join("; ")}`;
     log.warn("refused client {client}: {reason}", { client, reason });
     replyAndClose(socket, 503, { reason });
     return;
@@ -96,7 +107,9 @@ const tcp = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
     else log.debug("tunnel {client} closed", fields);
   });
 });
-tcp.on("error", (err) => exitWithError("quic-server", new Error(`cannot listen for TCP on ${formatHostPort(flags["listen-tcp"])}: ${err.message}`)));
+tcp.on("error", (err) =>
+  exitWithError("quic-server", new Error(`cannot listen for TCP on ${formatHostPort(flags["listen-tcp"])}: ${err.message}`)),
+);
 tcp.listen(flags["listen-tcp"].port, flags["listen-tcp"].host, () => {
   const address = tcp.address() as net.AddressInfo;
   log.info("server started, tcp={tcp} quic={quic}", {

@@ -5,7 +5,7 @@
  * @module
  */
 import pkg from "../package.json" with { type: "json" };
-import { type FlagSpec, FlagError, type FlagValues, helpText, parseFlags } from "./flags.ts";
+import { FlagError, type FlagSpec, type FlagValues, helpText, parseFlags } from "./flags.ts";
 import type { TransportOptions } from "./transport.ts";
 
 /** The release version, from package.json. */
@@ -13,17 +13,42 @@ export const VERSION: string = pkg.version;
 
 /** Flags every role has. */
 export const COMMON_FLAGS = {
-  v: { kind: "int", value: "N", default: "0", help: "Log verbosity, klog style: 0-1 lifecycle, 2-3 one line per tunnel, 4 per-stream detail." },
+  v: {
+    kind: "int",
+    value: "N",
+    default: "0",
+    help: "Log verbosity, klog style: 0-1 lifecycle, 2-3 one line per tunnel, 4 per-stream detail.",
+  },
 } satisfies Record<string, FlagSpec>;
 
 /** QUIC tunables the reference hard-codes; the defaults match it where it has a value. */
 export const TRANSPORT_FLAGS = {
-  alpn: { kind: "string", value: "proto", default: "quic-echo-example", help: "TLS ALPN protocol (the reference's value, keep it to interoperate)." },
+  alpn: {
+    kind: "string",
+    value: "proto",
+    default: "quic-echo-example",
+    help: "TLS ALPN protocol (the reference's value, keep it to interoperate).",
+  },
   "idle-timeout": { kind: "duration", value: "dur", default: "5s", help: "Close a QUIC connection after this long without packets." },
   "handshake-timeout": { kind: "duration", value: "dur", default: "2s", help: "Give up on a QUIC handshake after this long." },
-  "max-udp-payload": { kind: "int", value: "bytes", default: "1232", help: "Largest UDP payload sent; 1232 crosses a 1280-byte MTU path, 1452 suits a clean 1500-byte path." },
-  "stream-window": { kind: "size", value: "size", default: "1MiB", help: "Initial per-stream receive window (grows automatically up to 16MiB)." },
-  "connection-window": { kind: "size", value: "size", default: "8MiB", help: "Initial per-connection receive window (grows automatically up to 24MiB)." },
+  "max-udp-payload": {
+    kind: "int",
+    value: "bytes",
+    default: "1232",
+    help: "Largest UDP payload sent; 1232 crosses a 1280-byte MTU path, 1452 suits a clean 1500-byte path.",
+  },
+  "stream-window": {
+    kind: "size",
+    value: "size",
+    default: "1MiB",
+    help: "Initial per-stream receive window (grows automatically up to 16MiB).",
+  },
+  "connection-window": {
+    kind: "size",
+    value: "size",
+    default: "8MiB",
+    help: "Initial per-connection receive window (grows automatically up to 24MiB).",
+  },
   "max-streams": { kind: "int", value: "N", default: "10000", help: "Concurrent streams the peer may open towards this side." },
   cc: { kind: "string", value: "algo", default: "cubic", help: "Congestion control: cubic, reno or bbr." },
 } satisfies Record<string, FlagSpec>;
@@ -34,18 +59,29 @@ export const AGENT_FLAGS = {
   "ca-file": { kind: "string", value: "path", required: true, help: "PEM CA bundle that verifies the server certificate." },
   "cert-file": { kind: "string", value: "path", required: true, help: "PEM client certificate presented to the server." },
   "cert-key": { kind: "string", value: "path", required: true, help: "PEM private key of the client certificate." },
-  "server-name": { kind: "string", value: "name", default: "quic-tunnel-server", help: "Name the server certificate must carry (also sent as SNI)." },
+  "server-name": {
+    kind: "string",
+    value: "name",
+    default: "quic-tunnel-server",
+    help: "Name the server certificate must carry (also sent as SNI).",
+  },
   "keep-alive": { kind: "duration", value: "dur", default: "2s", help: "Send a keep-alive PING this often; 0 disables." },
   "dial-timeout": { kind: "duration", value: "dur", default: "10s", help: "Give up dialing a target after this long." },
   "reconnect-min": { kind: "duration", value: "dur", default: "250ms", help: "First delay before reconnecting to the server." },
-  "reconnect-max": { kind: "duration", value: "dur", default: "30s", help: "Largest delay between reconnect attempts (exponential, jittered)." },
+  "reconnect-max": {
+    kind: "duration",
+    value: "dur",
+    default: "30s",
+    help: "Largest delay between reconnect attempts (exponential, jittered).",
+  },
   ...TRANSPORT_FLAGS,
   ...COMMON_FLAGS,
 } satisfies Record<string, FlagSpec>;
 
 /** Transport options from parsed {@link TRANSPORT_FLAGS}. */
 export function transportOptions(values: FlagValues<typeof TRANSPORT_FLAGS>): Partial<TransportOptions> {
-  if (!["cubic", "reno", "bbr"].includes(values.cc)) throw new FlagError(`--cc: expected cubic, reno or bbr, got ${JSON.stringify(values.cc)}`);
+  if (!["cubic", "reno", "bbr"].includes(values.cc))
+    throw new FlagError(`--cc: expected cubic, reno or bbr, got ${JSON.stringify(values.cc)}`);
   if (values["max-udp-payload"] < 1200 || values["max-udp-payload"] > 1472) {
     throw new FlagError(`--max-udp-payload: must be between 1200 and 1472, got ${values["max-udp-payload"]}`);
   }

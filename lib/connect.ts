@@ -49,6 +49,15 @@ const REASONS: Record<number, string> = {
 
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
+/** True when `text` holds a control character (or a space, unless `allowBlank`): DEL, or below 0x20 except tab. */
+function hasControl(text: string, allowBlank: boolean): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code === 0x7f || (code < 0x20 && !(allowBlank && code === 0x09)) || (code === 0x20 && !allowBlank)) return true;
+  }
+  return false;
+}
+
 /** Finds the blank line that ends a head; returns the index just past it, or -1. */
 function headEnd(buffer: Buffer): number {
   const crlf = buffer.indexOf("\r\n\r\n");
@@ -70,7 +79,7 @@ export function parseRequestHead(text: string): RequestHead {
   const [method, target, version] = parts;
   if (!TOKEN.test(method)) throw new HttpError(400, "malformed method");
   if (!/^HTTP\/1\.[01]$/.test(version)) throw new HttpError(400, `unsupported protocol version ${JSON.stringify(version.slice(0, 16))}`);
-  if (target === "" || /[\x00-\x20\x7f]/.test(target)) throw new HttpError(400, "malformed request target");
+  if (target === "" || hasControl(target, false)) throw new HttpError(400, "malformed request target");
   const headers: Array<[string, string]> = [];
   for (const line of lines) {
     if (line === "") continue;
@@ -79,7 +88,7 @@ export function parseRequestHead(text: string): RequestHead {
     const name = line.slice(0, colon);
     if (!TOKEN.test(name)) throw new HttpError(400, "malformed header name");
     const value = line.slice(colon + 1).trim();
-    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) throw new HttpError(400, "control character in header value");
+    if (hasControl(value, true)) throw new HttpError(400, "control character in header value");
     headers.push([name.toLowerCase(), value]);
   }
   return { method, target, version, headers };
@@ -131,10 +140,7 @@ export function readRequestHead(input: Readable, limits: HeadLimits): Promise<{ 
     };
     const onEnd = () => finish(new Error(`peer closed after ${buffered.length} bytes, before a complete request head`));
     const onError = (err: Error) => finish(err);
-    const timer = setTimeout(
-      () => finish(new HttpError(408, `request head not complete after ${limits.timeoutMs} ms`)),
-      limits.timeoutMs,
-    );
+    const timer = setTimeout(() => finish(new HttpError(408, `request head not complete after ${limits.timeoutMs} ms`)), limits.timeoutMs);
     input.on("data", onData);
     input.once("end", onEnd);
     input.once("error", onError);

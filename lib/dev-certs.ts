@@ -61,11 +61,42 @@ export function ensureDevCerts(dir: string, options: DevCertOptions = {}): DevCe
     "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
   );
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-  openssl(dir, ["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "365", "-subj", `/CN=${options.caName ?? "quic-tunnel-dev-ca"}`]);
-  for (const [name, cn] of [["tls", "quic-tunnel-server"], ["client", options.clientName ?? "quic-tunnel-agent"]]) {
+  openssl(dir, [
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.crt",
+    "-days",
+    "365",
+    "-subj",
+    `/CN=${options.caName ?? "quic-tunnel-dev-ca"}`,
+  ]);
+  for (const [name, cn] of [
+    ["tls", "quic-tunnel-server"],
+    ["client", options.clientName ?? "quic-tunnel-agent"],
+  ]) {
     const ext = name === "tls" ? "server.ext" : "client.ext";
     openssl(dir, ["req", "-new", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${cn}`]);
-    openssl(dir, ["x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "365", "-extfile", ext, "-out", `${name}.crt`]);
+    openssl(dir, [
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-days",
+      "365",
+      "-extfile",
+      ext,
+      "-out",
+      `${name}.crt`,
+    ]);
   }
   return paths;
 }

@@ -21,10 +21,7 @@ export interface FlagSpec {
   value?: string;
 }
 
-type ValueOf<K extends FlagKind> = K extends "string" ? string
-  : K extends "hostport" ? HostPort
-  : K extends "bool" ? boolean
-  : number;
+type ValueOf<K extends FlagKind> = K extends "string" ? string : K extends "hostport" ? HostPort : K extends "bool" ? boolean : number;
 
 /** The parsed values of a flag table. */
 export type FlagValues<T extends Record<string, FlagSpec>> = { [K in keyof T]: ValueOf<T[K]["kind"]> };
@@ -121,7 +118,12 @@ export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], f
   const negated = new Set(args.filter((arg) => arg.startsWith("--no-")).map((arg) => arg.slice(5)));
   let parsed: Record<string, string | boolean | undefined>;
   try {
-    parsed = parseArgs({ args: args.filter((arg) => !arg.startsWith("--no-") || !flags[arg.slice(5)]), options, strict: true, allowPositionals: false }).values;
+    parsed = parseArgs({
+      args: args.filter((arg) => !arg.startsWith("--no-") || !flags[arg.slice(5)]),
+      options,
+      strict: true,
+      allowPositionals: false,
+    }).values;
   } catch (err) {
     throw new FlagError((err as Error).message.replace(/\. To specify.*$/s, ""));
   }

@@ -42,7 +42,5 @@ export function parseHostPort(text: string): HostPort | undefined {
 
 /** Formats a host and port back to `host:port`, bracketing IPv6 literals. */
 export function formatHostPort(address: HostPort): string {
-  return address.host.includes(":")
-    ? `[${address.host}]:${address.port}`
-    : `${address.host}:${address.port}`;
+  return address.host.includes(":") ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
 }

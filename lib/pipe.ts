@@ -52,7 +52,10 @@ export function pipeBoth(a: Duplex, b: Duplex): Promise<PipeResult> {
       a.destroy();
       b.destroy();
     };
-    for (const [stream, other] of [[a, b], [b, a]]) {
+    for (const [stream, other] of [
+      [a, b],
+      [b, a],
+    ]) {
       stream.on("error", onError);
       // A stream torn down before the pipe started will not emit "close" again.
       if (stream.closed) queueMicrotask(() => onClose(stream, other));

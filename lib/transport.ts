@@ -213,7 +213,10 @@ export class QuicStream extends Duplex {
     try {
       while (this.#pending !== null) {
         const sent = native.streamSend(this.id, this.#pending, false) ?? 0;
-        if (sent === 0) return this.#connection.wantWrite(this);
+        if (sent === 0) {
+          this.#connection.wantWrite(this);
+          return;
+        }
         this.#connection.markDirty();
         if (sent < this.#pending.length) {
           this.#pending = this.#pending.subarray(sent);
@@ -225,7 +228,10 @@ export class QuicStream extends Duplex {
         callback?.();
       }
       if (this.#finPending !== null) {
-        if (native.streamSend(this.id, EMPTY, true) === null) return this.#connection.wantWrite(this);
+        if (native.streamSend(this.id, EMPTY, true) === null) {
+          this.#connection.wantWrite(this);
+          return;
+        }
         this.#writeDone = true;
         this.#connection.markDirty();
         const callback = this.#finPending;
@@ -245,15 +251,20 @@ export class QuicStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
-    if (this.#connection.closed) return callback(new QuicError("QUIC connection is closed"));
-    if (chunk.length === 0) return callback();
+    if (this.#connection.closed || chunk.length === 0) {
+      callback(this.#connection.closed ? new QuicError("QUIC connection is closed") : null);
+      return;
+    }
     this.#pending = chunk;
     this.#pendingCallback = callback;
     this.sendPending();
   }
 
   override _final(callback: (err?: Error | null) => void): void {
-    if (this.#connection.closed) return callback(new QuicError("QUIC connection is closed"));
+    if (this.#connection.closed) {
+      callback(new QuicError("QUIC connection is closed"));
+      return;
+    }
     this.#finPending = callback;
     this.sendPending();
   }
@@ -594,8 +605,8 @@ export async function connect(options: ConnectOptions): Promise<QuicConnection> 
   const target = isIP(options.host)
     ? { address: options.host, family: isIP(options.host) }
     : await lookup(options.host).catch((err) => {
-      throw new QuicError(`cannot resolve QUIC server ${options.host}: ${err.code ?? err.message}`, { cause: err });
-    });
+        throw new QuicError(`cannot resolve QUIC server ${options.host}: ${err.code ?? err.message}`, { cause: err });
+      });
   const socket = dgram.createSocket(target.family === 6 ? "udp6" : "udp4");
   const peer = target.family === 6 ? `[${target.address}]:${options.port}` : `${target.address}:${options.port}`;
   try {
@@ -626,8 +637,7 @@ export async function connect(options: ConnectOptions): Promise<QuicConnection> 
   });
   connection.once("close", () => socket.close());
   return await new Promise<QuicConnection>((resolve, reject) => {
-    const onClose = (error: QuicError | undefined) =>
-      reject(error ?? new QuicError(`QUIC connection to ${peer} closed during handshake`));
+    const onClose = (error: QuicError | undefined) => reject(error ?? new QuicError(`QUIC connection to ${peer} closed during handshake`));
     connection.once("close", onClose);
     connection.once("established", () => {
       connection.off("close", onClose);
@@ -722,7 +732,10 @@ export class QuicServer extends EventEmitter<ServerEvents> {
     }
     const dcid = Buffer.from(header.dcid);
     const existing = this.#connections.get(dcid.toString("hex"));
-    if (existing) return existing.receive(datagram, info);
+    if (existing) {
+      existing.receive(datagram, info);
+      return;
+    }
     if (header.ty !== quiche.Type.Initial) return;
     if (!quiche.versionIsSupported(header.version)) {
       const length = quiche.negotiateVersion(header.scid, header.dcid, this.#sendBuffer);
@@ -749,7 +762,13 @@ export class QuicServer extends EventEmitter<ServerEvents> {
     this.#accept(scid, odcid, dcid, datagram, info);
   }
 
-  #accept(scid: Buffer, odcid: Buffer | null, dcid: Buffer, datagram: Buffer, info: { from: { host: string; port: number }; to: { host: string; port: number } }): void {
+  #accept(
+    scid: Buffer,
+    odcid: Buffer | null,
+    dcid: Buffer,
+    datagram: Buffer,
+    info: { from: { host: string; port: number }; to: { host: string; port: number } },
+  ): void {
     let native: Connection;
     try {
       native = quiche.Connection.accept(scid, odcid, this.#local, info.from, this.#config);

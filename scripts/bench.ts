@@ -42,7 +42,9 @@ const peakRssMb = (pid: number | undefined) => {
 const target = await startHttpTarget();
 const [command, base] = runtimeCommand("scripts/connect-relay.ts");
 const relay = spawn(command, [...base, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"], cwd: ROOT });
-const relayPort = await new Promise<number>((resolve) => relay.stdout.once("data", (d: Buffer) => resolve(Number(/listening (\d+)/.exec(d.toString())?.[1]))));
+const relayPort = await new Promise<number>((resolve) =>
+  relay.stdout.once("data", (d: Buffer) => resolve(Number(/listening (\d+)/.exec(d.toString())?.[1]))),
+);
 const server = await startServer({ args: roleArgs });
 const agent = await startAgent(server.quicPort, { args: roleArgs });
 const upload = join(tmpdir(), `quic-tunnel-bench-${process.pid}.bin`);
@@ -50,9 +52,22 @@ writeFileSync(upload, Buffer.alloc(mib << 20, 0x5a));
 
 async function transfer(proxyPort: number | undefined, direction: "down" | "up"): Promise<number> {
   const proxy = proxyPort ? ["-p", "--proxy", `127.0.0.1:${proxyPort}`] : [];
-  const args = direction === "down"
-    ? [...proxy, "-sS", "-o", "/dev/null", "-w", "%{speed_download}", `http://127.0.0.1:${target.port}/mib/${mib}`]
-    : [...proxy, "-sS", "-o", "/dev/null", "-H", "Expect:", "--data-binary", `@${upload}`, "-w", "%{speed_upload}", `http://127.0.0.1:${target.port}/`];
+  const args =
+    direction === "down"
+      ? [...proxy, "-sS", "-o", "/dev/null", "-w", "%{speed_download}", `http://127.0.0.1:${target.port}/mib/${mib}`]
+      : [
+          ...proxy,
+          "-sS",
+          "-o",
+          "/dev/null",
+          "-H",
+          "Expect:",
+          "--data-binary",
+          `@${upload}`,
+          "-w",
+          "%{speed_upload}",
+          `http://127.0.0.1:${target.port}/`,
+        ];
   const result = await run("curl", args, { timeoutMs: 120_000 });
   if (result.code !== 0) throw new Error(`curl failed (${result.code}): ${result.stderr}`);
   return Number(result.stdout.toString()) / (1 << 20);
@@ -90,11 +105,14 @@ function tunnelRequest(port: number): Promise<boolean> {
 }
 
 const paths = { direct: undefined, relay: relayPort, tunnel: server.tcpPort } as const;
-const speeds: Record<string, Record<string, number[]>> = { down: {}, up: {} };
+const speeds = {
+  down: { direct: [] as number[], relay: [] as number[], tunnel: [] as number[] },
+  up: { direct: [] as number[], relay: [] as number[], tunnel: [] as number[] },
+};
 for (let i = 0; i < runs; i++) {
   for (const direction of ["down", "up"] as const) {
-    for (const [name, port] of Object.entries(paths)) {
-      (speeds[direction][name] ??= []).push(await transfer(port, direction));
+    for (const name of ["direct", "relay", "tunnel"] as const) {
+      speeds[direction][name].push(await transfer(paths[name], direction));
     }
   }
 }
@@ -104,7 +122,9 @@ const relayLatencies: number[] = [];
 for (let i = 0; i < Number(values.tunnels); i++) relayLatencies.push(await connectTime(relayPort));
 const concurrent = await Promise.all(Array.from({ length: Number(values.concurrent) }, () => tunnelRequest(server.tcpPort)));
 
-console.log(`\nBulk transfer, ${mib} MiB, median of ${runs} interleaved runs (MiB/s), runtime ${process.versions.bun ? `bun ${process.versions.bun}` : `node ${process.version}`}`);
+console.log(
+  `\nBulk transfer, ${mib} MiB, median of ${runs} interleaved runs (MiB/s), runtime ${process.versions.bun ? `bun ${process.versions.bun}` : `node ${process.version}`}`,
+);
 console.log("direction   direct TCP   plain relay   tunnel   tunnel/relay   runs(tunnel)");
 for (const direction of ["down", "up"] as const) {
   const s = speeds[direction];
@@ -112,9 +132,15 @@ for (const direction of ["down", "up"] as const) {
     `${(direction === "down" ? "download" : "upload").padEnd(12)}${median(s.direct).toFixed(0).padStart(10)}${median(s.relay).toFixed(0).padStart(14)}${median(s.tunnel).toFixed(1).padStart(9)}${(median(s.tunnel) / median(s.relay)).toFixed(3).padStart(15)}   ${s.tunnel.map((x) => x.toFixed(0)).join(" ")}`,
   );
 }
-console.log(`\nCONNECT to 200 over ${latencies.length} sequential tunnels: p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms (plain relay p50 ${percentile(relayLatencies, 50).toFixed(2)} ms, p99 ${percentile(relayLatencies, 99).toFixed(2)} ms)`);
-console.log(`${concurrent.length} concurrent tunnels: ${concurrent.filter(Boolean).length} ok, ${concurrent.filter((ok) => !ok).length} errors`);
-console.log(`Peak RSS (VmHWM): server ${peakRssMb(server.child.pid).toFixed(1)} MB, agent ${peakRssMb(agent.child.pid).toFixed(1)} MB, plain relay ${peakRssMb(relay.pid).toFixed(1)} MB`);
+console.log(
+  `\nCONNECT to 200 over ${latencies.length} sequential tunnels: p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms (plain relay p50 ${percentile(relayLatencies, 50).toFixed(2)} ms, p99 ${percentile(relayLatencies, 99).toFixed(2)} ms)`,
+);
+console.log(
+  `${concurrent.length} concurrent tunnels: ${concurrent.filter(Boolean).length} ok, ${concurrent.filter((ok) => !ok).length} errors`,
+);
+console.log(
+  `Peak RSS (VmHWM): server ${peakRssMb(server.child.pid).toFixed(1)} MB, agent ${peakRssMb(agent.child.pid).toFixed(1)} MB, plain relay ${peakRssMb(relay.pid).toFixed(1)} MB`,
+);
 
 await Promise.all([server.stop(), agent.stop()]);
 relay.kill();

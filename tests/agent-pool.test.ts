@@ -4,7 +4,10 @@ import { AgentPool } from "../lib/agent-pool.ts";
 
 class FakeAgent {
   opened = 0;
-  constructor(readonly name: string, public full = false) {}
+  constructor(
+    readonly name: string,
+    public full = false,
+  ) {}
   openStream(): string {
     if (this.full) throw new Error(`${this.name} is at its stream limit`);
     this.opened++;

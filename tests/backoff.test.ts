@@ -4,9 +4,15 @@ import { Backoff } from "../lib/backoff.ts";
 
 test("doubles from the minimum up to the cap, within the upper half of each step", () => {
   const low = new Backoff({ minMs: 100, maxMs: 1000, random: () => 0 });
-  assert.deepEqual(Array.from({ length: 6 }, () => low.next()), [50, 100, 200, 400, 500, 500]);
+  assert.deepEqual(
+    Array.from({ length: 6 }, () => low.next()),
+    [50, 100, 200, 400, 500, 500],
+  );
   const high = new Backoff({ minMs: 100, maxMs: 1000, random: () => 0.999999 });
-  assert.deepEqual(Array.from({ length: 6 }, () => high.next()), [100, 200, 400, 800, 1000, 1000]);
+  assert.deepEqual(
+    Array.from({ length: 6 }, () => high.next()),
+    [100, 200, 400, 800, 1000, 1000],
+  );
 });
 
 test("reset starts over and jitter spreads agents apart", () => {

@@ -9,12 +9,27 @@ test("parses a CONNECT head with headers", () => {
   const head = parseRequestHead("CONNECT kubelet:10250 HTTP/1.1\r\nHost: kubelet:10250\r\nUser-Agent: kube-apiserver");
   assert.equal(head.method, "CONNECT");
   assert.equal(head.target, "kubelet:10250");
-  assert.deepEqual(head.headers, [["host", "kubelet:10250"], ["user-agent", "kube-apiserver"]]);
+  assert.deepEqual(head.headers, [
+    ["host", "kubelet:10250"],
+    ["user-agent", "kube-apiserver"],
+  ]);
 });
 
 test("rejects malformed heads with 400", () => {
-  for (const bad of ["CONNECT", "CONNECT a:1", "CONNECT a:1 HTTP/2.0", "CONNECT a:1 HTTP/1.1 extra", "CONNECT a:1 HTTP/1.1\r\nno colon", "CON(NECT a:1 HTTP/1.1", "CONNECT a:1 HTTP/1.1\r\n: empty"]) {
-    assert.throws(() => parseRequestHead(bad), (err: Error) => err instanceof HttpError && err.status === 400, bad);
+  for (const bad of [
+    "CONNECT",
+    "CONNECT a:1",
+    "CONNECT a:1 HTTP/2.0",
+    "CONNECT a:1 HTTP/1.1 extra",
+    "CONNECT a:1 HTTP/1.1\r\nno colon",
+    "CON(NECT a:1 HTTP/1.1",
+    "CONNECT a:1 HTTP/1.1\r\n: empty",
+  ]) {
+    assert.throws(
+      () => parseRequestHead(bad),
+      (err: Error) => err instanceof HttpError && err.status === 400,
+      bad,
+    );
   }
 });
 
@@ -22,7 +37,11 @@ test("CONNECT targets: names, IPv4, IPv6 literals; anything else is 400", () => 
   assert.deepEqual(parseConnectTarget("[::1]:22"), { host: "::1", port: 22 });
   assert.deepEqual(parseConnectTarget("127.0.0.1:80"), { host: "127.0.0.1", port: 80 });
   for (const bad of ["example.com", "http://example.com/", ":80", "host:0", "[::1]", "host:65536"]) {
-    assert.throws(() => parseConnectTarget(bad), (err: Error) => err instanceof HttpError && err.status === 400, bad);
+    assert.throws(
+      () => parseConnectTarget(bad),
+      (err: Error) => err instanceof HttpError && err.status === 400,
+      bad,
+    );
   }
 });
 

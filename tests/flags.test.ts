@@ -35,7 +35,10 @@ test("accepts the Go flag spellings of the reference", () => {
 });
 
 test("errors name the flag", () => {
-  assert.throws(() => parseFlags([], FLAGS), (err: Error) => err instanceof FlagError && /--cert-file is required/.test(err.message));
+  assert.throws(
+    () => parseFlags([], FLAGS),
+    (err: Error) => err instanceof FlagError && /--cert-file is required/.test(err.message),
+  );
   assert.throws(() => parseFlags(["--cert-file", "x", "--timeout", "soon"], FLAGS), /--timeout: expected a duration/);
   assert.throws(() => parseFlags(["--cert-file", "x", "--listen-tcp", "nope"], FLAGS), /--listen-tcp: expected host:port/);
   assert.throws(() => parseFlags(["--cert-file", "x", "--bogus"], FLAGS), FlagError);

@@ -111,7 +111,9 @@ export interface ServerProcess extends RoleProcess {
 }
 
 /** Starts server.ts on loopback with free ports (or `ports`) and waits until it listens. */
-export async function startServer(options: { certs?: DevCertPaths; args?: string[]; tcpPort?: number; quicPort?: number } = {}): Promise<ServerProcess> {
+export async function startServer(
+  options: { certs?: DevCertPaths; args?: string[]; tcpPort?: number; quicPort?: number } = {},
+): Promise<ServerProcess> {
   const certs = options.certs ?? testCerts();
   const proc = spawnRole("server.ts", [
     "--listen-tcp",
@@ -206,7 +208,11 @@ export async function startHttpTarget(host = "127.0.0.1"): Promise<{ port: numbe
 }
 
 /** Runs a command to completion, collecting stdout and stderr. */
-export function run(command: string, args: string[], options: { input?: Buffer; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
+export function run(
+  command: string,
+  args: string[],
+  options: { input?: Buffer; timeoutMs?: number } = {},
+): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: [options.input ? "pipe" : "ignore", "pipe", "pipe"] });
     const out: Buffer[] = [];
@@ -226,7 +232,11 @@ export function run(command: string, args: string[], options: { input?: Buffer; 
 }
 
 /** Opens a raw TCP connection, sends `request`, and resolves with everything until the server closes. */
-export function rawExchange(port: number, request: string | Buffer, options: { timeoutMs?: number; endAfterWrite?: boolean } = {}): Promise<string> {
+export function rawExchange(
+  port: number,
+  request: string | Buffer,
+  options: { timeoutMs?: number; endAfterWrite?: boolean } = {},
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
     let text = "";

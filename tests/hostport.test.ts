@@ -12,7 +12,20 @@ test("parses host names, IPv4 and bracketed IPv6 with ports", () => {
 });
 
 test("rejects what is not exactly host:port", () => {
-  for (const bad of ["", "host", "host:", "host:99999", "host:-1", "::1:80", "[::1]80", "[::1]", "ho st:80", "a/b:80", "host:80x", "[host]:80"]) {
+  for (const bad of [
+    "",
+    "host",
+    "host:",
+    "host:99999",
+    "host:-1",
+    "::1:80",
+    "[::1]80",
+    "[::1]",
+    "ho st:80",
+    "a/b:80",
+    "host:80x",
+    "[host]:80",
+  ]) {
     assert.equal(parseHostPort(bad), undefined, bad);
   }
 });

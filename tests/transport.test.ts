@@ -4,7 +4,15 @@ import dgram from "node:dgram";
 import { readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
 import type { DevCertPaths } from "../lib/dev-certs.ts";
-import { connect, listen, QuicError, type QuicServer, type QuicStream, type TlsMaterial, type TransportOptions } from "../lib/transport.ts";
+import {
+  connect,
+  listen,
+  type QuicError,
+  type QuicServer,
+  type QuicStream,
+  type TlsMaterial,
+  type TransportOptions,
+} from "../lib/transport.ts";
 import { foreignCerts, testCerts } from "./harness.ts";
 
 let certs: DevCertPaths;
@@ -21,7 +29,13 @@ before(() => {
 async function pair(options: { server?: Partial<TransportOptions>; client?: Partial<TransportOptions>; retry?: boolean } = {}) {
   const server = await listen({ host: "127.0.0.1", port: 0, tls: serverTls(certs), transport: options.server, retry: options.retry });
   const accepted = new Promise<import("../lib/transport.ts").QuicConnection>((resolve) => server.once("connection", resolve));
-  const client = await connect({ host: "127.0.0.1", port: server.address().port, serverName: "quic-tunnel-server", tls: clientTls(certs), transport: options.client });
+  const client = await connect({
+    host: "127.0.0.1",
+    port: server.address().port,
+    serverName: "quic-tunnel-server",
+    tls: clientTls(certs),
+    transport: options.client,
+  });
   const serverSide = await accepted;
   // Streams still open when a test closes its connection end with an error; tests that care listen.
   for (const connection of [client, serverSide]) connection.on("stream", (stream) => stream.on("error", () => {}));
@@ -98,7 +112,13 @@ test("no server answering: the handshake times out with a clear error", async ()
   await new Promise<void>((resolve) => silent.bind(0, "127.0.0.1", resolve));
   const started = Date.now();
   await assert.rejects(
-    connect({ host: "127.0.0.1", port: silent.address().port, serverName: "quic-tunnel-server", tls: clientTls(certs), transport: { handshakeTimeoutMs: 300 } }),
+    connect({
+      host: "127.0.0.1",
+      port: silent.address().port,
+      serverName: "quic-tunnel-server",
+      tls: clientTls(certs),
+      transport: { handshakeTimeoutMs: 300 },
+    }),
     /handshake with 127\.0\.0\.1:\d+ timed out after 300 ms/,
   );
   assert.ok(Date.now() - started < 2000);
@@ -129,13 +149,15 @@ test("200 parallel streams, opened by the server side, each echo intact", async 
   const { server, client, serverSide } = await pair();
   servers.push(server);
   client.on("stream", (stream) => stream.pipe(stream));
-  const results = await Promise.all(Array.from({ length: 200 }, async () => {
-    const stream = serverSide.openStream();
-    const data = randomBytes(64 * 1024);
-    const got = collect(stream);
-    await sendAll(stream, data, 8192);
-    return (await got).sha256 === createHash("sha256").update(data).digest("hex");
-  }));
+  const results = await Promise.all(
+    Array.from({ length: 200 }, async () => {
+      const stream = serverSide.openStream();
+      const data = randomBytes(64 * 1024);
+      const got = collect(stream);
+      await sendAll(stream, data, 8192);
+      return (await got).sha256 === createHash("sha256").update(data).digest("hex");
+    }),
+  );
   assert.equal(results.filter(Boolean).length, 200);
   client.close();
 });
@@ -165,7 +187,10 @@ test("a FIN with no data at all is an empty stream, not a hang", async () => {
   const { server, client, serverSide } = await pair();
   servers.push(server);
   const got = new Promise<{ bytes: number }>((resolve) => serverSide.once("stream", (stream) => resolve(collect(stream))));
-  client.openStream().on("error", () => {}).end(Buffer.alloc(0));
+  client
+    .openStream()
+    .on("error", () => {})
+    .end(Buffer.alloc(0));
   assert.equal((await got).bytes, 0);
   client.close();
 });
@@ -191,7 +216,10 @@ test("the peer's stream limit fails clearly and frees up when streams finish", a
   servers.push(server);
   client.on("stream", (stream) => stream.pipe(stream));
   const first = serverSide.openStream();
-  serverSide.openStream().on("error", () => {}).end("b");
+  serverSide
+    .openStream()
+    .on("error", () => {})
+    .end("b");
   assert.throws(() => serverSide.openStream(), /stream limit reached/);
   const echoed = collect(first);
   first.end("a");
