@@ -4,10 +4,12 @@ import { AgentPool } from "../lib/agent-pool.ts";
 
 class FakeAgent {
   opened = 0;
-  constructor(
-    readonly name: string,
-    public full = false,
-  ) {}
+  readonly name: string;
+  full: boolean;
+  constructor(name: string, full = false) {
+    this.name = name;
+    this.full = full;
+  }
   openStream(): string {
     if (this.full) throw new Error(`${this.name} is at its stream limit`);
     this.opened++;
