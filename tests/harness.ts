@@ -5,7 +5,7 @@
  * @module
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -39,10 +39,13 @@ export interface RoleProcess {
   stop(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
-/** Starts `script` (server.ts, agent.ts, ...) with `args`. */
-export function spawnRole(script: string, args: string[]): RoleProcess {
+/** Starts `script` (server.ts, agent.ts, ...) with `args`, inside network namespace `netns` if given. */
+export function spawnRole(script: string, args: string[], options: { netns?: string } = {}): RoleProcess {
   const [command, base] = runtimeCommand(script);
-  const child = spawn(command, [...base, ...args], { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+  const argv = [...base, ...args];
+  const child = options.netns
+    ? spawn("ip", ["netns", "exec", options.netns, command, ...argv], { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT })
+    : spawn(command, argv, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
   let stderr = "";
   const waiters = new Set<() => void>();
   child.stderr?.setEncoding("utf8");
@@ -112,48 +115,57 @@ export interface ServerProcess extends RoleProcess {
 
 /** Starts server.ts on loopback with free ports (or `ports`) and waits until it listens. */
 export async function startServer(
-  options: { certs?: DevCertPaths; args?: string[]; tcpPort?: number; quicPort?: number } = {},
+  options: { certs?: DevCertPaths; args?: string[]; tcpPort?: number; quicPort?: number; quicHost?: string; netns?: string } = {},
 ): Promise<ServerProcess> {
   const certs = options.certs ?? testCerts();
-  const proc = spawnRole("server.ts", [
-    "--listen-tcp",
-    `127.0.0.1:${options.tcpPort ?? 0}`,
-    "--listen-quic",
-    `127.0.0.1:${options.quicPort ?? 0}`,
-    "--cert-file",
-    certs.serverCert,
-    "--cert-key",
-    certs.serverKey,
-    "--client-ca-file",
-    certs.ca,
-    ...(options.args ?? []),
-  ]);
-  const match = await proc.waitFor(/server started, tcp=127\.0\.0\.1:(\d+) quic=127\.0\.0\.1:(\d+)/);
+  const proc = spawnRole(
+    "server.ts",
+    [
+      "--listen-tcp",
+      `127.0.0.1:${options.tcpPort ?? 0}`,
+      "--listen-quic",
+      `${options.quicHost ?? "127.0.0.1"}:${options.quicPort ?? 0}`,
+      "--cert-file",
+      certs.serverCert,
+      "--cert-key",
+      certs.serverKey,
+      "--client-ca-file",
+      certs.ca,
+      ...(options.args ?? []),
+    ],
+    { netns: options.netns },
+  );
+  const match = await proc.waitFor(/server started, tcp=127\.0\.0\.1:(\d+) quic=\S+:(\d+)/);
   return Object.assign(proc, { tcpPort: Number(match[1]), quicPort: Number(match[2]) });
 }
 
 /** Starts agent.ts (or agent-tcp.ts) against `quicPort`; waits for the connection unless told not to. */
 export async function startAgent(
   quicPort: number,
-  options: { script?: string; certs?: DevCertPaths; args?: string[]; wait?: boolean } = {},
+  options: { script?: string; certs?: DevCertPaths; args?: string[]; wait?: boolean; serverHost?: string; netns?: string } = {},
 ): Promise<RoleProcess> {
   const certs = options.certs ?? testCerts();
-  const proc = spawnRole(options.script ?? "agent.ts", [
-    "--server",
-    `127.0.0.1:${quicPort}`,
-    "--ca-file",
-    certs.ca,
-    "--cert-file",
-    certs.clientCert,
-    "--cert-key",
-    certs.clientKey,
-    ...(options.args ?? []),
-  ]);
+  const proc = spawnRole(
+    options.script ?? "agent.ts",
+    [
+      "--server",
+      `${options.serverHost ?? "127.0.0.1"}:${quicPort}`,
+      "--ca-file",
+      certs.ca,
+      "--cert-file",
+      certs.clientCert,
+      "--cert-key",
+      certs.clientKey,
+      ...(options.args ?? []),
+    ],
+    { netns: options.netns },
+  );
   if (options.wait !== false) await proc.waitFor(/connected to server/);
   return proc;
 }
 
-const BLOCK = randomBytes(1 << 20);
+/** 1 MiB of pseudo-random bytes, the same in every process (so a target in another process matches). */
+const BLOCK = Buffer.concat(Array.from({ length: 1 << 15 }, (_, i) => createHash("sha256").update(`block ${i}`).digest()));
 
 /** The n-th MiB of the deterministic download body: a random block stamped with its index. */
 function bodyChunk(index: number): Buffer {
