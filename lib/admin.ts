@@ -1,0 +1,40 @@
+/**
+ * The admin endpoint (`--admin-addr`): `/healthz` (the process answers), `/readyz` (the role can do
+ * its job: the server has an agent, an agent is connected) and `/metrics` (Prometheus text).
+ *
+ * @module
+ */
+import http from "node:http";
+import type net from "node:net";
+import type { HostPort } from "./hostport.ts";
+import type { Registry } from "./metrics.ts";
+
+/** Options for {@link startAdmin}. */
+export interface AdminOptions {
+  registry: Registry;
+  /** Returns `undefined` when ready, or the reason it is not. */
+  notReady(): string | undefined;
+}
+
+/** Serves the admin endpoint on `address`; resolves with the bound address once listening. */
+export function startAdmin(address: HostPort, options: AdminOptions): Promise<{ server: http.Server; port: number }> {
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      res.writeHead(405, { allow: "GET, HEAD" }).end();
+    } else if (path === "/healthz") {
+      res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+    } else if (path === "/readyz") {
+      const reason = options.notReady();
+      res.writeHead(reason ? 503 : 200, { "content-type": "text/plain" }).end(reason ? `not ready: ${reason}\n` : "ready\n");
+    } else if (path === "/metrics") {
+      res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }).end(options.registry.render());
+    } else {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found: try /healthz, /readyz or /metrics\n");
+    }
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", (err) => reject(new Error(`cannot listen for --admin-addr on ${address.host}:${address.port}: ${err.message}`)));
+    server.listen(address.port, address.host, () => resolve({ server, port: (server.address() as net.AddressInfo).port }));
+  });
+}
