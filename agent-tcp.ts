@@ -7,13 +7,13 @@
  *
  * @module
  */
-import { runAgent } from "./lib/agent-loop.ts";
-import { AGENT_FLAGS, exitWithError, parseCommandLine, transportOptions } from "./lib/cli.ts";
+import { type AgentRole, startAgentRole } from "./lib/agent-role.ts";
+import { AGENT_FLAGS, parseCommandLine } from "./lib/cli.ts";
 import { dial } from "./lib/dial.ts";
 import { formatHostPort } from "./lib/hostport.ts";
 import { setupLogging } from "./lib/log.ts";
+import { Registry } from "./lib/metrics.ts";
 import { pipeBoth } from "./lib/pipe.ts";
-import { loadTls } from "./lib/tls.ts";
 import type { QuicStream } from "./lib/transport.ts";
 
 // Flags: the reference's, then ours.
@@ -27,59 +27,34 @@ const flags = parseCommandLine(
     upstream: { kind: "hostport", value: "host:port", required: true, help: "TCP address every tunnelled connection is piped to." },
   },
 );
-const log = setupLogging("agent-tcp", { verbosity: flags.v });
+const log = setupLogging("agent-tcp", { verbosity: flags.v, format: flags["log-format"] });
 const upstream = formatHostPort(flags.upstream);
 
-// Certificates.
-let tls: ReturnType<typeof loadTls>;
-let transport: ReturnType<typeof transportOptions>;
-try {
-  tls = loadTls({
-    ca: { flag: "ca-file", path: flags["ca-file"] },
-    cert: { flag: "cert-file", path: flags["cert-file"] },
-    key: { flag: "cert-key", path: flags["cert-key"] },
-  });
-  transport = transportOptions(flags);
-} catch (err) {
-  exitWithError("quic-agent-tcp", err);
-}
+// Certificates, transport, admin endpoint and shutdown: shared with agent.ts.
+await startAgentRole("quic-agent-tcp", { flags, log, registry: new Registry(), serve: (stream, role) => void serveUpstream(stream, role) });
 
-// Transport: one QUIC connection to the server, kept up for as long as the process runs.
-const agent = runAgent(
-  {
-    server: flags.server,
-    serverName: flags["server-name"],
-    tls,
-    transport: { ...transport, keepAliveMs: flags["keep-alive"] },
-    backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },
-    log,
-  },
-  (stream) => void serveUpstream(stream),
-);
-
-// Shutdown: close the connection with a clean code so the server stops routing to this agent.
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    log.info("received {signal}, shutting down", { signal });
-    agent.stop();
-    void agent.done.then(() => setTimeout(() => process.exit(0), 50));
-  });
-}
-
-// Per stream: dial the upstream; if that fails, reset the stream so the client's connection ends.
-async function serveUpstream(stream: QuicStream): Promise<void> {
+// Per stream: dial the upstream; if that fails (or too many tunnels are open), reset the stream so
+// the client's connection ends.
+async function serveUpstream(stream: QuicStream, { tunnels }: AgentRole): Promise<void> {
   stream.on("error", () => {}); // reported by pipeBoth
   stream.pause();
+  if (tunnels.full) {
+    log.warn("stream {stream}: refused, {max} tunnels open", { stream: stream.id, max: tunnels.max });
+    tunnels.refused("over_limit");
+    stream.destroy();
+    return;
+  }
   const started = performance.now();
   let socket: Awaited<ReturnType<typeof dial>>;
   try {
     socket = await dial(flags.upstream, { timeoutMs: flags["dial-timeout"] });
   } catch (err) {
     log.warn("stream {stream}: upstream {upstream} failed: {reason}", { stream: stream.id, upstream, reason: (err as Error).message });
+    tunnels.refused("dial_failed");
     stream.destroy();
     return;
   }
-  const result = await pipeBoth(stream, socket);
+  const result = await tunnels.track(pipeBoth(stream, socket, { idleTimeoutMs: flags["tunnel-idle-timeout"] }));
   log.debug("tunnel to {upstream} closed", {
     stream: stream.id,
     upstream,

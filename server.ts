@@ -1,21 +1,30 @@
 /**
- * quic-server: accepts HTTP CONNECT clients (kube-apiserver, curl) on TCP and agents on QUIC with
- * mutual TLS, and carries every client connection over a new QUIC stream to the next agent,
- * round-robin. It does not parse what clients send; the agent answers the CONNECT.
+ * quic-server: accepts HTTP CONNECT clients (kube-apiserver, curl) on TCP, TLS or a Unix socket and
+ * agents on QUIC with mutual TLS, and carries every client connection over a new QUIC stream to the
+ * next agent, round-robin. It does not parse what clients send; the agent answers the CONNECT.
  *
  * Usage: bun run server.ts --cert-file tls.crt --cert-key tls.key --client-ca-file ca.crt
  *
  * @module
  */
-import net from "node:net";
+import type { X509Certificate } from "node:crypto";
+import type { Server } from "node:net";
+import type { Duplex } from "node:stream";
+import { startAdmin } from "./lib/admin.ts";
+import { GOAWAY } from "./lib/agent-loop.ts";
 import { AgentPool } from "./lib/agent-pool.ts";
 import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions } from "./lib/cli.ts";
 import { replyAndClose } from "./lib/connect.ts";
+import { listenTcp, listenUnix } from "./lib/frontends.ts";
 import { formatHostPort } from "./lib/hostport.ts";
 import { setupLogging } from "./lib/log.ts";
+import { Counter, Gauge, Registry } from "./lib/metrics.ts";
 import { pipeBoth } from "./lib/pipe.ts";
+import { registerQuicMetrics } from "./lib/quic-metrics.ts";
+import { onShutdown } from "./lib/shutdown.ts";
 import { loadTls } from "./lib/tls.ts";
 import { listen, type QuicConnection } from "./lib/transport.ts";
+import { Tunnels } from "./lib/tunnels.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(
@@ -39,12 +48,21 @@ const flags = parseCommandLine(
       required: true,
       help: "PEM CA bundle that verifies agents' client certificates (required).",
     },
+    "agent-subject": {
+      kind: "list",
+      value: "name",
+      help: "Only agents whose certificate CN or a SAN equals this may register; repeatable. None: any the CA signed.",
+    },
+    "tcp-cert-file": { kind: "string", value: "path", help: "Serve TLS on --listen-tcp with this PEM certificate (plain TCP unless set)." },
+    "tcp-cert-key": { kind: "string", value: "path", help: "PEM private key for --tcp-cert-file." },
+    "tcp-client-ca-file": { kind: "string", value: "path", help: "Require TCP clients to present a certificate this CA signed." },
+    "listen-uds": { kind: "string", value: "path", help: "Also accept CONNECT clients on this Unix domain socket." },
     "quic-retry": { kind: "bool", default: "true", help: "Validate agent addresses with a stateless QUIC Retry before keeping state." },
     ...TRANSPORT_FLAGS,
     ...COMMON_FLAGS,
   },
 );
-const log = setupLogging("server", { verbosity: flags.v });
+const log = setupLogging("server", { verbosity: flags.v, format: flags["log-format"] });
 
 // Certificates.
 let tls: ReturnType<typeof loadTls>;
@@ -56,37 +74,90 @@ try {
     key: { flag: "cert-key", path: flags["cert-key"] },
   });
   transport = transportOptions(flags);
+  if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
+  if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
+    throw new Error("--tcp-client-ca-file needs --tcp-cert-file and --tcp-cert-key");
 } catch (err) {
   exitWithError("quic-server", err);
 }
 
-// Transport: agents connect over QUIC and join the round-robin pool.
+// Metrics: agents, tunnels, QUIC paths.
+const registry = new Registry();
 const agents = new AgentPool<QuicConnection>();
+const tunnels = new Tunnels(registry, { max: flags["max-tunnels"] });
+const agentsRejected = new Counter(registry, "quic_tunnel_agents_rejected_total", "Agent connections refused (certificate, identity).");
+new Gauge(registry, "quic_tunnel_agents_connected", "Agents connected and taking tunnels.", () => [[{}, agents.size]]);
+registerQuicMetrics(registry, () => agents.agents);
+
+// Transport: agents connect over QUIC and join the round-robin pool.
 const quic = await listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] }).catch((err) =>
   exitWithError("quic-server", err),
 );
 quic.on("connection", (agent) => {
+  if (!identityAllowed(agent.peerCertificate)) {
+    agentsRejected.inc();
+    log.warn("rejected agent {peer}: certificate {subject} is not among --agent-subject", { peer: agent.peer, subject: agent.peerSubject });
+    agent.close(0x101, "agent identity not allowed");
+    return;
+  }
   agents.add(agent);
   log.info("agent {peer} connected", { peer: agent.peer, subject: agent.peerSubject, agents: agents.size });
+  agent.on("stream", (stream) => listenForGoAway(agent, stream));
   agent.once("close", (error) => {
     agents.remove(agent);
     log.info("agent {peer} disconnected: {reason}", { peer: agent.peer, reason: error?.message ?? "closed", agents: agents.size });
   });
 });
 quic.on("rejected", (connection, error) => {
+  agentsRejected.inc();
   log.warn("rejected agent {peer}: {reason}", { peer: connection.peer, reason: error?.message ?? "handshake failed" });
 });
 quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }));
 
+/** True when no --agent-subject is set, or the certificate's CN or a SAN is one of them. */
+function identityAllowed(certificate: X509Certificate | undefined): boolean {
+  const allowed = flags["agent-subject"];
+  if (allowed.length === 0) return true;
+  if (!certificate) return false;
+  const names = [
+    ...certificate.subject.split("\n").flatMap((part) => (part.startsWith("CN=") ? [part.slice(3)] : [])),
+    ...(certificate.subjectAltName ?? "").split(", ").map((entry) => entry.replace(/^[A-Za-z ]+:/, "")),
+  ];
+  return names.some((name) => allowed.includes(name));
+}
+
+/** An agent about to shut down opens a stream saying GOAWAY: route no new tunnels to it. */
+function listenForGoAway(agent: QuicConnection, stream: Duplex): void {
+  let text = "";
+  stream.on("error", () => {});
+  stream.on("data", (chunk: Buffer) => {
+    text += chunk.toString("latin1");
+    if (text === GOAWAY) {
+      agents.remove(agent);
+      log.info("agent {peer} is draining; no new tunnels go to it", { peer: agent.peer, agents: agents.size });
+    }
+    if (text.length >= GOAWAY.length) stream.destroy();
+  });
+  stream.on("end", () => stream.destroy());
+}
+
 // Per client: a new stream on the next agent, piped both ways until both sides are done.
-const tcp = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
-  const client = formatHostPort({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 });
+function onClient(socket: Duplex & { remoteAddress?: string; remotePort?: number }): void {
+  const client = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : "unix";
+  socket.on("error", () => {}); // reported by pipeBoth, or irrelevant once refused
+  if (tunnels.full) {
+    tunnels.refused("over_limit");
+    log.warn("refused client {client}: {max} tunnels open", { client, max: tunnels.max });
+    replyAndClose(socket, 503, { reason: `server tunnel limit (${tunnels.max}) reached` });
+    return;
+  }
   const opened = agents.openStream();
   if (opened.stream === undefined) {
     const reason =
       agents.size === 0
         ? "no agent is connected to the tunnel server"
         : `no agent can take a stream: ${opened.errors.map((err) => err.message).join("; ")}`;
+    tunnels.refused("no_agent");
     log.warn("refused client {client}: {reason}", { client, reason });
     replyAndClose(socket, 503, { reason });
     return;
@@ -94,7 +165,7 @@ const tcp = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
   const { stream, agent } = opened;
   const started = performance.now();
   log.trace("client {client} -> agent {agent} stream {stream}", { client, agent: agent.peer, stream: stream.id });
-  void pipeBoth(socket, stream).then((result) => {
+  void tunnels.track(pipeBoth(socket, stream, { idleTimeoutMs: flags["tunnel-idle-timeout"] })).then((result) => {
     const fields = {
       client,
       agent: agent.peer,
@@ -106,23 +177,40 @@ const tcp = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
     if (result.error) log.debug("tunnel {client} ended with error: {error}", { ...fields, error: result.error });
     else log.debug("tunnel {client} closed", fields);
   });
-});
-tcp.on("error", (err) =>
-  exitWithError("quic-server", new Error(`cannot listen for TCP on ${formatHostPort(flags["listen-tcp"])}: ${err.message}`)),
-);
-tcp.listen(flags["listen-tcp"].port, flags["listen-tcp"].host, () => {
-  const address = tcp.address() as net.AddressInfo;
-  log.info("server started, tcp={tcp} quic={quic}", {
-    tcp: formatHostPort({ host: address.address, port: address.port }),
-    quic: formatHostPort(quic.address()),
-  });
+}
+
+const frontendTls = flags["tcp-cert-file"]
+  ? { certFile: flags["tcp-cert-file"], keyFile: flags["tcp-cert-key"], clientCaFile: flags["tcp-client-ca-file"] || undefined }
+  : undefined;
+const listeners: Array<{ server: Server; bound: string }> = [];
+try {
+  listeners.push(await listenTcp(flags["listen-tcp"], frontendTls, onClient));
+  if (flags["listen-uds"]) listeners.push(await listenUnix(flags["listen-uds"], onClient));
+} catch (err) {
+  exitWithError("quic-server", err);
+}
+
+// Admin endpoint: ready once an agent is connected.
+const admin = flags["admin-addr"];
+if (admin) {
+  const { port } = await startAdmin(admin, { registry, notReady: () => (agents.size === 0 ? "no agent connected" : undefined) }).catch(
+    (err) => exitWithError("quic-server", err),
+  );
+  log.info("admin endpoint on {address}", { address: `${admin.host}:${port}` });
+}
+log.info("server started, tcp={tcp} quic={quic}", {
+  tcp: listeners[0].bound,
+  quic: formatHostPort(quic.address()),
+  tls: Boolean(frontendTls),
+  uds: flags["listen-uds"] || undefined,
 });
 
-// Shutdown: close agents' connections with a clean code so they reconnect elsewhere at once.
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    log.info("received {signal}, shutting down", { signal });
-    tcp.close();
-    void quic.close().then(() => process.exit(0));
-  });
-}
+// Shutdown: stop accepting clients, let open tunnels finish, then close the agents' connections.
+onShutdown(log, {
+  graceMs: flags["shutdown-grace"],
+  drain: async (graceMs) => {
+    for (const { server } of listeners) server.close();
+    if (!(await tunnels.whenIdle(graceMs))) log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
+    await quic.close();
+  },
+});

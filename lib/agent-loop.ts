@@ -21,8 +21,15 @@ export interface AgentOptions {
   stableAfterMs?: number;
 }
 
+/** First bytes of a stream an agent opens to tell the server to stop routing new tunnels to it. */
+export const GOAWAY = "GOAWAY\n";
+
 /** A running agent loop. */
 export interface AgentHandle {
+  /** The connection to the server, while there is one. */
+  readonly connection: QuicConnection | undefined;
+  /** Asks the server to route no new tunnels here (before a graceful stop). */
+  goAway(): void;
   /** Closes the current connection and stops reconnecting. */
   stop(): void;
   /** Resolves when the loop has stopped. */
@@ -91,6 +98,19 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
   }
 
   return {
+    get connection() {
+      return current;
+    },
+    goAway() {
+      try {
+        current
+          ?.openStream()
+          .on("error", () => {})
+          .end(GOAWAY);
+      } catch (err) {
+        log.warn("cannot tell the server to stop routing here: {error}", { error: err });
+      }
+    },
     stop() {
       stopped = true;
       current?.close(0, "agent stopping");

@@ -78,7 +78,10 @@ export function parseAllowRule(text: string): AllowRule {
   if (bitsText !== undefined || !/^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$/.test(hostText)) {
     throw new Error(`--allow ${text}: expected *, a host name, *.domain, an IP or a CIDR`);
   }
-  const escaped = hostText.toLowerCase().replace(/\./g, "\\.").replace(/^\*\\\./, "(?:[^.]+\\.)+");
+  const escaped = hostText
+    .toLowerCase()
+    .replace(/\./g, "\\.")
+    .replace(/^\*\\\./, "(?:[^.]+\\.)+");
   return { text, host: { kind: "name", pattern: new RegExp(`^${escaped}\\.?$`) }, ports };
 }
 
@@ -123,9 +126,11 @@ export class AllowList {
     if (this.allowsAll) return { allowed: true, address: target.host };
     const candidates = this.rules.filter((rule) => portAllowed(rule, target.port));
     if (candidates.length === 0) return denied;
-    if (isIP(target.host)) return candidates.some((rule) => addressAllowed(rule, target.host)) ? { allowed: true, address: target.host } : denied;
+    if (isIP(target.host))
+      return candidates.some((rule) => addressAllowed(rule, target.host)) ? { allowed: true, address: target.host } : denied;
     const name = target.host.toLowerCase();
     const byName = candidates.some((rule) => rule.host.kind === "any" || (rule.host.kind === "name" && rule.host.pattern.test(name)));
+    if (!byName && !candidates.some((rule) => rule.host.kind === "cidr")) return denied;
     const addresses = await this.#resolve(target.host);
     if (byName) return { allowed: true, address: addresses[0] };
     const address = addresses.find((candidate) => candidates.some((rule) => addressAllowed(rule, candidate)));

@@ -13,6 +13,26 @@ export const VERSION: string = pkg.version;
 
 /** Flags every role has. */
 export const COMMON_FLAGS = {
+  "max-tunnels": { kind: "int", value: "N", default: "10000", help: "Tunnels open at once; more are answered 503 (0: no limit)." },
+  "tunnel-idle-timeout": {
+    kind: "duration",
+    value: "dur",
+    default: "0",
+    help: "Close a tunnel that carried no byte either way for this long (0: never).",
+  },
+  "admin-addr": {
+    kind: "hostport",
+    value: "host:port",
+    default: "",
+    help: "Serve /healthz, /readyz and /metrics here (off unless set; keep it on loopback).",
+  },
+  "shutdown-grace": {
+    kind: "duration",
+    value: "dur",
+    default: "30s",
+    help: "On SIGTERM/SIGINT, let open tunnels finish for this long before closing them.",
+  },
+  "log-format": { kind: "string", value: "text|json", choices: ["text", "json"], default: "text", help: "Log line format on stderr." },
   v: {
     kind: "int",
     value: "N",
@@ -50,7 +70,13 @@ export const TRANSPORT_FLAGS = {
     help: "Initial per-connection receive window (grows automatically up to 24MiB).",
   },
   "max-streams": { kind: "int", value: "N", default: "10000", help: "Concurrent streams the peer may open towards this side." },
-  cc: { kind: "string", value: "algo", default: "cubic", help: "Congestion control: cubic, reno or bbr." },
+  cc: {
+    kind: "string",
+    value: "algo",
+    choices: ["cubic", "reno", "bbr"],
+    default: "cubic",
+    help: "Congestion control: cubic, reno or bbr.",
+  },
 } satisfies Record<string, FlagSpec>;
 
 /** Flags of both agents (agent.ts and agent-tcp.ts). */
@@ -80,8 +106,6 @@ export const AGENT_FLAGS = {
 
 /** Transport options from parsed {@link TRANSPORT_FLAGS}. */
 export function transportOptions(values: FlagValues<typeof TRANSPORT_FLAGS>): Partial<TransportOptions> {
-  if (!["cubic", "reno", "bbr"].includes(values.cc))
-    throw new FlagError(`--cc: expected cubic, reno or bbr, got ${JSON.stringify(values.cc)}`);
   if (values["max-udp-payload"] < 1200 || values["max-udp-payload"] > 1472) {
     throw new FlagError(`--max-udp-payload: must be between 1200 and 1472, got ${values["max-udp-payload"]}`);
   }

@@ -8,8 +8,8 @@
 import { parseArgs } from "node:util";
 import { type HostPort, parseHostPort } from "./hostport.ts";
 
-/** Kinds of flag values; durations become milliseconds, sizes bytes. */
-export type FlagKind = "string" | "int" | "duration" | "size" | "hostport" | "bool";
+/** Kinds of flag values; durations become milliseconds, sizes bytes; a list may be given many times. */
+export type FlagKind = "string" | "int" | "duration" | "size" | "hostport" | "bool" | "list";
 
 /** One flag: its kind, help text, and default (as it would be typed). */
 export interface FlagSpec {
@@ -19,9 +19,19 @@ export interface FlagSpec {
   required?: boolean;
   /** Placeholder shown in help, e.g. `host:port`. */
   value?: string;
+  /** For strings: the only values accepted. */
+  choices?: readonly string[];
 }
 
-type ValueOf<K extends FlagKind> = K extends "string" ? string : K extends "hostport" ? HostPort : K extends "bool" ? boolean : number;
+type ValueOf<K extends FlagKind> = K extends "string"
+  ? string
+  : K extends "hostport"
+    ? HostPort
+    : K extends "bool"
+      ? boolean
+      : K extends "list"
+        ? string[]
+        : number;
 
 /** The parsed values of a flag table. */
 export type FlagValues<T extends Record<string, FlagSpec>> = { [K in keyof T]: ValueOf<T[K]["kind"]> };
@@ -70,6 +80,8 @@ function convert(name: string, spec: FlagSpec, text: string): unknown {
   };
   switch (spec.kind) {
     case "string":
+      return !spec.choices || spec.choices.includes(text) ? text : fail(`expected one of ${spec.choices.join(", ")}`);
+    case "list":
       return text;
     case "bool":
       if (text === "true" || text === "") return true;
@@ -109,14 +121,19 @@ export function helpText<T extends Record<string, FlagSpec>>(info: CommandInfo, 
  * of those was asked for. Throws {@link FlagError} for unknown flags, bad values and missing ones.
  */
 export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], flags: T): FlagValues<T> | "help" | "version" {
-  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" }, version: { type: "boolean" } };
-  for (const [name, spec] of Object.entries(flags)) options[name] = { type: spec.kind === "bool" ? "boolean" : "string" };
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {
+    help: { type: "boolean" },
+    version: { type: "boolean" },
+  };
+  for (const [name, spec] of Object.entries(flags)) {
+    options[name] = { type: spec.kind === "bool" ? "boolean" : "string", multiple: spec.kind === "list" };
+  }
   const args = normalize(argv).map((arg) => {
     const bool = /^--([^=]+)=(true|false)$/.exec(arg);
     return bool && flags[bool[1]]?.kind === "bool" ? (bool[2] === "true" ? `--${bool[1]}` : `--no-${bool[1]}`) : arg;
   });
   const negated = new Set(args.filter((arg) => arg.startsWith("--no-")).map((arg) => arg.slice(5)));
-  let parsed: Record<string, string | boolean | undefined>;
+  let parsed: Record<string, string | boolean | Array<string | boolean> | undefined>;
   try {
     parsed = parseArgs({
       args: args.filter((arg) => !arg.startsWith("--no-") || !flags[arg.slice(5)]),
@@ -132,6 +149,11 @@ export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], f
   const values: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(flags)) {
     const given = parsed[name];
+    if (spec.kind === "list") {
+      values[name] = Array.isArray(given) ? given.map(String) : spec.default ? [spec.default] : [];
+      if (spec.required && (values[name] as string[]).length === 0) throw new FlagError(`--${name} is required`);
+      continue;
+    }
     if (spec.kind === "bool") {
       values[name] = negated.has(name) ? false : given === true ? true : convert(name, spec, spec.default ?? "false");
       continue;

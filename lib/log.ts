@@ -33,14 +33,19 @@ function quote(value: unknown): string {
   return /^[^\s"=]*$/.test(text ?? "") ? String(text) : JSON.stringify(text);
 }
 
-/** Renders a record as `time LEVEL category message key=value ...`. */
-export function formatLine(record: LogRecord): string {
+function renderMessage(record: LogRecord): string {
   let message = "";
-  const used = new Set<string>();
   for (let i = 0; i < record.message.length; i++) {
     const part = record.message[i];
     message += i % 2 === 0 ? String(part) : quote(part);
   }
+  return message;
+}
+
+/** Renders a record as `time LEVEL category: message key=value ...`. */
+export function formatLine(record: LogRecord): string {
+  const message = renderMessage(record);
+  const used = new Set<string>();
   for (const match of String(record.rawMessage).matchAll(/\{(\w+)\}/g)) used.add(match[1]);
   const extra = Object.entries(record.properties)
     .filter(([key, value]) => !used.has(key) && value !== undefined)
@@ -50,11 +55,29 @@ export function formatLine(record: LogRecord): string {
   return `${time} ${LEVEL_NAMES[record.level]} ${record.category.slice(1).join(".")}: ${message}${extra}\n`;
 }
 
+/**
+ * Renders a record as one JSON object with stable keys: `time`, `level`, `logger`, `msg`, then the
+ * record's properties (agent, peer, target, stream, up, down, ms, outcome, error ...).
+ */
+export function formatJson(record: LogRecord): string {
+  const fields: Record<string, unknown> = {
+    time: new Date(record.timestamp).toISOString(),
+    level: record.level,
+    logger: record.category.slice(1).join("."),
+    msg: renderMessage(record),
+  };
+  for (const [key, value] of Object.entries(record.properties)) {
+    if (value !== undefined && !(key in fields)) fields[key] = value instanceof Error ? value.message : value;
+  }
+  return `${JSON.stringify(fields)}\n`;
+}
+
 /** Configures logging for a role and returns its logger. Call once at start-up. */
-export function setupLogging(role: string, options: { verbosity: number }): Logger {
+export function setupLogging(role: string, options: { verbosity: number; format?: string }): Logger {
+  const format = options.format === "json" ? formatJson : formatLine;
   configureSync({
     reset: true,
-    sinks: { stderr: (record) => process.stderr.write(formatLine(record)) },
+    sinks: { stderr: (record) => process.stderr.write(format(record)) },
     loggers: [
       { category: ["quic-tunnel"], lowestLevel: levelForVerbosity(options.verbosity), sinks: ["stderr"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },

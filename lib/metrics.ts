@@ -21,11 +21,18 @@ interface Series {
   render(): string[];
 }
 
-/** A monotonically increasing count, per label set. */
+type Collect = () => Array<[Labels, number]>;
+
+function renderValues(name: string, values: Map<string, number>, collect?: Collect): string[] {
+  const entries = collect ? collect().map(([labels, value]) => [labelText(labels), value] as const) : [...values];
+  return entries.map(([labels, value]) => `${name}${labels} ${value}`);
+}
+
+/** A monotonically increasing count, per label set, or read from `collect` at scrape time. */
 export class Counter {
   readonly #values = new Map<string, number>();
-  constructor(registry: Registry, name: string, help: string) {
-    registry.add({ name, help, type: "counter", render: () => [...this.#values].map(([labels, value]) => `${name}${labels} ${value}`) });
+  constructor(registry: Registry, name: string, help: string, collect?: Collect) {
+    registry.add({ name, help, type: "counter", render: () => renderValues(name, this.#values, collect) });
   }
   /** Adds `amount` (default 1) to the series with `labels`. */
   inc(labels: Labels = {}, amount = 1): void {
@@ -37,18 +44,8 @@ export class Counter {
 /** A value that goes up and down, or is read from a function at scrape time. */
 export class Gauge {
   readonly #values = new Map<string, number>();
-  #collect?: () => Array<[Labels, number]>;
-  constructor(registry: Registry, name: string, help: string, collect?: () => Array<[Labels, number]>) {
-    this.#collect = collect;
-    registry.add({
-      name,
-      help,
-      type: "gauge",
-      render: () => {
-        const values = this.#collect ? this.#collect().map(([labels, value]) => [labelText(labels), value] as const) : [...this.#values];
-        return values.map(([labels, value]) => `${name}${labels} ${value}`);
-      },
-    });
+  constructor(registry: Registry, name: string, help: string, collect?: Collect) {
+    registry.add({ name, help, type: "gauge", render: () => renderValues(name, this.#values, collect) });
   }
   /** Sets the series with `labels`. */
   set(value: number, labels: Labels = {}): void {

@@ -34,18 +34,42 @@ function forward(from: Duplex, to: Duplex, count: (n: number) => void): void {
   from.resume();
 }
 
+/** Options for {@link pipeBoth}. */
+export interface PipeOptions {
+  /** Tear both sides down when no byte moved either way for this long (0 or absent: never). */
+  idleTimeoutMs?: number;
+}
+
 /**
  * Copies `a` to `b` and `b` to `a` until both directions have ended and both streams closed.
  * An error or an abrupt close of either stream destroys the other. Never rejects.
  */
-export function pipeBoth(a: Duplex, b: Duplex): Promise<PipeResult> {
+export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promise<PipeResult> {
   const result: PipeResult = { sent: 0, received: 0 };
+  let lastActivity = performance.now();
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  const idleMs = options.idleTimeoutMs ?? 0;
+  const checkIdle = () => {
+    const quiet = performance.now() - lastActivity;
+    if (quiet < idleMs) {
+      idleTimer = setTimeout(checkIdle, idleMs - quiet);
+      return;
+    }
+    const error = new Error(`tunnel idle for ${idleMs} ms`);
+    result.error ??= error;
+    a.destroy();
+    b.destroy();
+  };
+  if (idleMs > 0) idleTimer = setTimeout(checkIdle, idleMs);
   return new Promise((resolve) => {
     let open = 2;
     const onClose = (stream: Duplex, other: Duplex) => {
       const clean = stream.readableEnded && stream.writableFinished;
       if (!clean && !other.destroyed) other.destroy();
-      if (--open === 0) resolve(result);
+      if (--open === 0) {
+        clearTimeout(idleTimer);
+        resolve(result);
+      }
     };
     const onError = (err: Error) => {
       result.error ??= err;
@@ -63,9 +87,11 @@ export function pipeBoth(a: Duplex, b: Duplex): Promise<PipeResult> {
     }
     forward(a, b, (n) => {
       result.sent += n;
+      lastActivity = performance.now();
     });
     forward(b, a, (n) => {
       result.received += n;
+      lastActivity = performance.now();
     });
   });
 }

@@ -320,6 +320,8 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
   readonly peer: string;
   /** Subject of the peer's certificate, once established. */
   peerSubject = "";
+  /** The peer's leaf certificate, once established. */
+  peerCertificate: X509Certificate | undefined;
   established = false;
   closed = false;
   #isServer: boolean;
@@ -487,7 +489,8 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
     const chain = this.native.peerCertChain();
     if (chain && chain.length > 0) {
       try {
-        this.peerSubject = new X509Certificate(chain[0]).subject.replaceAll("\n", ",");
+        this.peerCertificate = new X509Certificate(chain[0]);
+        this.peerSubject = this.peerCertificate.subject.replaceAll("\n", ",");
       } catch {
         this.peerSubject = "(unparsable certificate)";
       }

@@ -45,7 +45,11 @@ test("CIDR rules match IP targets and the addresses names resolve to, and the ch
 
 test("malformed rules are errors that quote the rule", () => {
   for (const bad of ["10.0.0.0/33", "host:0", "host:9-1", "ho st", "[fd00::/8", "*.:80", "a/b"]) {
-    assert.throws(() => parseAllowRule(bad), (err: Error) => err.message.startsWith(`--allow ${bad}`), bad);
+    assert.throws(
+      () => parseAllowRule(bad),
+      (err: Error) => err.message.startsWith(`--allow ${bad}`),
+      bad,
+    );
   }
   assert.deepEqual(parseAllowRule("*:443").ports, [[443, 443]]);
 });

@@ -1,0 +1,102 @@
+/**
+ * What agent.ts and agent-tcp.ts share around their per-stream handling: certificates, the
+ * reconnecting QUIC connection, tunnel bookkeeping and metrics, the admin endpoint and the
+ * graceful shutdown (GOAWAY to the server, let tunnels finish, close).
+ *
+ * @module
+ */
+import { startAdmin } from "./admin.ts";
+import { type AgentHandle, runAgent } from "./agent-loop.ts";
+import { type AGENT_FLAGS, exitWithError, transportOptions } from "./cli.ts";
+import type { FlagValues } from "./flags.ts";
+import type { Logger } from "./log.ts";
+import { Counter, Gauge, type Registry } from "./metrics.ts";
+import { registerQuicMetrics } from "./quic-metrics.ts";
+import { onShutdown } from "./shutdown.ts";
+import { loadTls } from "./tls.ts";
+import type { QuicStream } from "./transport.ts";
+import { Tunnels } from "./tunnels.ts";
+
+/** The running agent, as its per-stream handler sees it. */
+export interface AgentRole {
+  registry: Registry;
+  tunnels: Tunnels;
+  /** True once a shutdown started: new streams are refused. */
+  draining(): boolean;
+}
+
+/**
+ * Loads the certificates (exiting with an error naming the flag when they are unusable), starts
+ * the admin endpoint if asked, and keeps the agent connected, handing each stream to `serve`.
+ */
+export async function startAgentRole(
+  name: string,
+  options: {
+    flags: FlagValues<typeof AGENT_FLAGS>;
+    log: Logger;
+    /** Where the shared metrics join the role's own. */
+    registry: Registry;
+    serve: (stream: QuicStream, role: AgentRole) => void;
+  },
+): Promise<AgentRole> {
+  const { flags, log } = options;
+  let tls: ReturnType<typeof loadTls>;
+  let transport: ReturnType<typeof transportOptions>;
+  try {
+    tls = loadTls({
+      ca: { flag: "ca-file", path: flags["ca-file"] },
+      cert: { flag: "cert-file", path: flags["cert-file"] },
+      key: { flag: "cert-key", path: flags["cert-key"] },
+    });
+    transport = transportOptions(flags);
+  } catch (err) {
+    exitWithError(name, err);
+  }
+
+  const { registry } = options;
+  const tunnels = new Tunnels(registry, { max: flags["max-tunnels"] });
+  let draining = false;
+  const role: AgentRole = { registry, tunnels, draining: () => draining };
+  const streamsRefused = new Counter(registry, "quic_tunnel_streams_refused_total", "Streams refused while draining.");
+  const agent: AgentHandle = runAgent(
+    {
+      server: flags.server,
+      serverName: flags["server-name"],
+      tls,
+      transport: { ...transport, keepAliveMs: flags["keep-alive"] },
+      backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },
+      log,
+    },
+    (stream) => {
+      if (!draining) return options.serve(stream, role);
+      streamsRefused.inc();
+      stream.on("error", () => {}).destroy();
+    },
+  );
+  new Gauge(registry, "quic_tunnel_server_connected", "1 while the agent is connected to the server.", () => [
+    [{}, agent.connection ? 1 : 0],
+  ]);
+  registerQuicMetrics(registry, () => (agent.connection ? [agent.connection] : []));
+
+  const admin = flags["admin-addr"];
+  if (admin) {
+    const { port } = await startAdmin(admin, {
+      registry,
+      notReady: () => (draining ? "shutting down" : agent.connection ? undefined : "not connected to the server"),
+    }).catch((err) => exitWithError(name, err));
+    log.info("admin endpoint on {address}", { address: `${admin.host}:${port}` });
+  }
+
+  onShutdown(log, {
+    graceMs: flags["shutdown-grace"],
+    drain: async (graceMs) => {
+      draining = true;
+      agent.goAway();
+      if (!(await tunnels.whenIdle(graceMs)))
+        log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
+      agent.stop();
+      await agent.done;
+    },
+  });
+  return role;
+}
