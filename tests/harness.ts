@@ -37,6 +37,8 @@ export interface RoleProcess {
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
   /** Sends `signal` and resolves with the exit code (or signal name). */
   stop(signal?: NodeJS.Signals): Promise<number | string>;
+  /** Resolves with the exit code (or signal name) when the process ends by itself. */
+  exited: Promise<number | string>;
 }
 
 /** Starts `script` (server.ts, agent.ts, ...) with `args`, inside network namespace `netns` if given. */
@@ -62,6 +64,7 @@ export function spawnRole(script: string, args: string[], options: { netns?: str
   });
   return {
     child,
+    exited,
     log: () => stderr,
     waitFor(pattern, timeoutMs = 10_000) {
       return new Promise((resolve, reject) => {

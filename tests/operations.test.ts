@@ -1,0 +1,290 @@
+/**
+ * Production features with the real roles as processes: admin endpoint and metrics, allow-list,
+ * limits, idle tunnels, graceful shutdown, agent identity, JSON logs, TLS and Unix socket frontends.
+ */
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { type RoleProcess, rawExchange, run, runtimeCommand, startAgent, startHttpTarget, startServer, testCerts } from "./harness.ts";
+
+const started: RoleProcess[] = [];
+const track = <T extends RoleProcess>(proc: T): T => {
+  started.push(proc);
+  return proc;
+};
+let target: Awaited<ReturnType<typeof startHttpTarget>>;
+before(async () => {
+  target = await startHttpTarget();
+});
+after(async () => {
+  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
+  await target.close();
+});
+
+const connectAndGet = (port: number, host = "127.0.0.1") =>
+  rawExchange(port, `CONNECT ${host}:${target.port} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n`);
+
+/** Parses Prometheus text into `name{labels}` -> value. */
+function parseMetrics(text: string): Map<string, number> {
+  const values = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const match = /^([a-z_:][a-z0-9_:]*(?:\{[^}]*\})?) (-?[0-9.e+-]+|NaN)$/i.exec(line);
+    assert.ok(match, `valid exposition line: ${line}`);
+    values.set(match[1], Number(match[2]));
+  }
+  return values;
+}
+
+async function adminGet(port: number, path: string): Promise<{ status: number; body: string }> {
+  const response = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: response.status, body: await response.text() };
+}
+
+describe("admin endpoint", () => {
+  test("healthz, readyz and metrics on server and agent, scraped with a real HTTP client", async () => {
+    const server = track(await startServer({ args: ["--admin-addr", "127.0.0.1:0"] }));
+    const serverAdmin = Number((await server.waitFor(/admin endpoint on 127\.0\.0\.1:(\d+)/))[1]);
+    assert.equal((await adminGet(serverAdmin, "/healthz")).status, 200);
+    const notReady = await adminGet(serverAdmin, "/readyz");
+    assert.equal(notReady.status, 503);
+    assert.match(notReady.body, /no agent connected/);
+
+    const agent = track(await startAgent(server.quicPort, { args: ["--admin-addr", "127.0.0.1:0"] }));
+    const agentAdmin = Number((await agent.waitFor(/admin endpoint on 127\.0\.0\.1:(\d+)/))[1]);
+    assert.equal((await adminGet(serverAdmin, "/readyz")).status, 200);
+    assert.equal((await adminGet(agentAdmin, "/readyz")).status, 200);
+
+    assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
+    assert.match(await rawExchange(server.tcpPort, "CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 502 /);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+
+    const serverMetrics = parseMetrics((await adminGet(serverAdmin, "/metrics")).body);
+    assert.equal(serverMetrics.get("quic_tunnel_agents_connected"), 1);
+    assert.ok((serverMetrics.get('quic_tunnel_tunnels_total{outcome="ok"}') ?? 0) >= 2);
+    assert.ok((serverMetrics.get('quic_tunnel_bytes_total{direction="down"}') ?? 0) > 100);
+    assert.equal(serverMetrics.get("quic_tunnel_tunnels_active"), 0);
+    assert.ok([...serverMetrics.keys()].some((key) => key.startsWith("quic_tunnel_quic_rtt_seconds{peer=")));
+    assert.ok([...serverMetrics.keys()].some((key) => key.startsWith("quic_tunnel_quic_cwnd_bytes{peer=")));
+
+    const agentMetrics = parseMetrics((await adminGet(agentAdmin, "/metrics")).body);
+    assert.equal(agentMetrics.get("quic_tunnel_server_connected"), 1);
+    assert.equal(agentMetrics.get('quic_tunnel_connect_responses_total{code="200"}'), 1);
+    assert.equal(agentMetrics.get('quic_tunnel_connect_responses_total{code="502"}'), 1);
+    assert.equal(agentMetrics.get("quic_tunnel_dial_duration_seconds_count"), 1);
+    assert.equal(agentMetrics.get('quic_tunnel_tunnels_total{outcome="dial_failed"}'), 1);
+    assert.equal((await adminGet(agentAdmin, "/nope")).status, 404);
+  });
+});
+
+describe("limits and policy", () => {
+  test("--allow: allowed targets pass, others get 403, names are checked after resolution", async () => {
+    const server = track(await startServer());
+    const agent = track(await startAgent(server.quicPort, { args: ["--allow", `127.0.0.0/8:${target.port}`] }));
+    assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
+    assert.match(await connectAndGet(server.tcpPort, "localhost"), /hello through the tunnel/);
+    const otherPort = await rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port + 1} HTTP/1.1\r\n\r\n`);
+    assert.match(otherPort, /^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*not allowed by the agent's --allow rules/);
+    await agent.waitFor(/CONNECT 127\.0\.0\.1:\d+ failed: .*not allowed/);
+    assert.doesNotMatch(agent.log(), /no --allow rules/);
+  });
+
+  test("an agent without --allow warns that it is an open proxy", async () => {
+    const server = track(await startServer());
+    const agent = track(await startAgent(server.quicPort));
+    await agent.waitFor(/no --allow rules: any host:port/);
+  });
+
+  test("--max-tunnels on the server and on the agent answer 503 beyond the limit", async () => {
+    for (const side of ["server", "agent"] as const) {
+      const limit = ["--max-tunnels", "1"];
+      const server = track(await startServer({ args: side === "server" ? limit : [] }));
+      track(await startAgent(server.quicPort, { args: side === "agent" ? limit : [] }));
+      const holder = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+      holder.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+      await new Promise((resolve) => holder.once("data", resolve));
+      const second = await rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+      assert.match(second, new RegExp(`^HTTP/1\\.1 503 [\\s\\S]*${side} tunnel limit \\(1\\) reached`), side);
+      holder.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/, `${side}: room again once the first closed`);
+      await server.stop();
+    }
+  });
+
+  test("--tunnel-idle-timeout closes a tunnel that carries nothing", async () => {
+    const server = track(await startServer({ args: ["--tunnel-idle-timeout", "300ms"] }));
+    track(await startAgent(server.quicPort));
+    const startedAt = Date.now();
+    const reply = await rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`, { timeoutMs: 5_000 });
+    assert.match(reply, /^HTTP\/1\.1 200 OK/);
+    const elapsed = Date.now() - startedAt;
+    assert.ok(elapsed >= 250 && elapsed < 3_000, `closed after ${elapsed} ms`);
+  });
+
+  test("--agent-subject admits only the named agents", async () => {
+    const server = track(await startServer({ args: ["--agent-subject", "some-other-agent"] }));
+    const agent = track(await startAgent(server.quicPort, { wait: false, args: ["--reconnect-max", "300ms"] }));
+    await server.waitFor(/rejected agent \S+: certificate "CN=quic-tunnel-agent" is not among --agent-subject/);
+    await agent.waitFor(/agent identity not allowed/);
+    const allowed = track(await startServer({ args: ["--agent-subject", "quic-tunnel-agent"] }));
+    track(await startAgent(allowed.quicPort));
+  });
+});
+
+describe("graceful shutdown", () => {
+  test("the server stops accepting, lets an open tunnel finish, then exits 0", async () => {
+    const server = track(await startServer({ args: ["--shutdown-grace", "5s"] }));
+    track(await startAgent(server.quicPort));
+    const open = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+    let received = "";
+    open.on("data", (chunk) => {
+      received += chunk.toString();
+    });
+    open.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    server.child.kill("SIGTERM");
+    await server.waitFor(/draining for up to 5000 ms/);
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the listener closes on the runtime's next turn
+    await assert.rejects(connectAndGet(server.tcpPort), /ECONNREFUSED/);
+    open.end("GET / HTTP/1.0\r\n\r\n");
+    await new Promise((resolve) => open.once("close", resolve));
+    assert.match(received, /hello through the tunnel/);
+    assert.equal(await server.stop(), 0);
+  });
+
+  test("a second signal exits at once", async () => {
+    const server = track(await startServer({ args: ["--shutdown-grace", "30s"] }));
+    track(await startAgent(server.quicPort));
+    const open = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+    open.on("error", () => {});
+    open.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+    await new Promise((resolve) => open.once("data", resolve));
+    server.child.kill("SIGTERM");
+    await server.waitFor(/draining/);
+    const startedAt = Date.now();
+    assert.equal(await server.stop("SIGTERM"), 1);
+    assert.ok(Date.now() - startedAt < 2_000);
+    open.destroy();
+  });
+
+  test("a draining agent tells the server at once; new tunnels go to the other agent", async () => {
+    const server = track(await startServer({ args: ["--v", "2"] }));
+    const leaving = track(await startAgent(server.quicPort, { args: ["--shutdown-grace", "5s"] }));
+    track(await startAgent(server.quicPort));
+    await server.waitFor(/agents=2/);
+    // Two open tunnels: round-robin puts one on each agent, so the leaving one has a tunnel to finish.
+    const open = [0, 1].map(() => net.connect({ port: server.tcpPort, host: "127.0.0.1" }));
+    for (const socket of open) {
+      socket.on("error", () => {});
+      socket.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+      await new Promise((resolve) => socket.once("data", resolve));
+    }
+    leaving.child.kill("SIGTERM");
+    await server.waitFor(/is draining; no new tunnels go to it/);
+    for (let i = 0; i < 4; i++) assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
+    assert.equal(leaving.child.exitCode, null, "the leaving agent waits for its open tunnel");
+    for (const socket of open) socket.end("GET / HTTP/1.0\r\n\r\n");
+    assert.equal(await leaving.exited, 0);
+  });
+});
+
+describe("logs and frontends", () => {
+  test("--log-format json writes one JSON object per line with stable keys", async () => {
+    const server = track(await startServer({ args: ["--log-format", "json", "--v", "2"] }));
+    track(await startAgent(server.quicPort));
+    await connectAndGet(server.tcpPort);
+    await server.waitFor(/tunnel .* closed/);
+    const lines = server.log().trim().split("\n");
+    for (const line of lines) {
+      const event = JSON.parse(line);
+      for (const key of ["time", "level", "logger", "msg"]) assert.ok(key in event, `${key} in ${line}`);
+    }
+    const closed = lines.map((line) => JSON.parse(line)).find((event) => /closed/.test(event.msg));
+    for (const key of ["client", "agent", "stream", "up", "down", "ms"]) assert.ok(key in closed, key);
+  });
+
+  test("TLS on the TCP listener, with a required client certificate", async () => {
+    const certs = testCerts();
+    const server = track(
+      await startServer({
+        args: ["--tcp-cert-file", certs.serverCert, "--tcp-cert-key", certs.serverKey, "--tcp-client-ca-file", certs.ca],
+      }),
+    );
+    track(await startAgent(server.quicPort));
+    const proxy = ["--proxy", `https://localhost:${server.tcpPort}`, "--proxy-cacert", certs.ca, "-p", "--max-time", "10", "-sS"];
+    const withCert = await run("curl", [
+      ...proxy,
+      "--proxy-cert",
+      certs.clientCert,
+      "--proxy-key",
+      certs.clientKey,
+      `http://127.0.0.1:${target.port}/`,
+    ]);
+    assert.equal(withCert.stdout.toString(), "hello through the tunnel\n", withCert.stderr);
+    const withoutCert = await run("curl", [...proxy, `http://127.0.0.1:${target.port}/`]);
+    assert.notEqual(withoutCert.code, 0);
+    const handshake = await run(
+      "openssl",
+      [
+        "s_client",
+        "-connect",
+        `127.0.0.1:${server.tcpPort}`,
+        "-CAfile",
+        certs.ca,
+        "-cert",
+        certs.clientCert,
+        "-key",
+        certs.clientKey,
+        "-verify_return_error",
+        "-quiet",
+      ],
+      { input: Buffer.from(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`) },
+    );
+    assert.match(handshake.stdout.toString(), /^HTTP\/1\.1 200 OK[\s\S]*hello through the tunnel/);
+  });
+
+  test("a Unix domain socket listener, replacing a stale socket file", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "quic-tunnel-uds-"));
+    const path = join(dir, "proxy.sock");
+    const stale = net.createServer().listen(path);
+    await new Promise((resolve) => stale.once("listening", resolve));
+    stale.close();
+    writeFileSync(join(dir, "not-a-socket"), "x");
+    const server = track(await startServer({ args: ["--listen-uds", path] }));
+    track(await startAgent(server.quicPort));
+    const raw = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(path);
+      let text = "";
+      socket.on("data", (chunk) => {
+        text += chunk;
+      });
+      socket.on("end", () => resolve(text));
+      socket.on("error", reject);
+      socket.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`);
+    });
+    assert.match(raw, /^HTTP\/1\.1 200 OK\r\n\r\n[\s\S]*hello through the tunnel/);
+    const [command, base] = runtimeCommand("server.ts");
+    const refused = await run(command, [
+      ...base,
+      "--listen-uds",
+      join(dir, "not-a-socket"),
+      "--listen-tcp",
+      "127.0.0.1:0",
+      "--listen-quic",
+      "127.0.0.1:0",
+      "--cert-file",
+      testCerts().serverCert,
+      "--cert-key",
+      testCerts().serverKey,
+      "--client-ca-file",
+      testCerts().ca,
+    ]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /exists and is not a socket/);
+    assert.ok(existsSync(join(dir, "not-a-socket")));
+  });
+});
