@@ -22,7 +22,7 @@ import { Counter, Gauge, Registry } from "./lib/metrics.ts";
 import { pipeBoth } from "./lib/pipe.ts";
 import { registerQuicMetrics } from "./lib/quic-metrics.ts";
 import { onShutdown } from "./lib/shutdown.ts";
-import { loadTls } from "./lib/tls.ts";
+import { loadTls, watchTls } from "./lib/tls.ts";
 import { listen, type QuicConnection } from "./lib/transport.ts";
 import { Tunnels } from "./lib/tunnels.ts";
 
@@ -65,14 +65,15 @@ const flags = parseCommandLine(
 const log = setupLogging("server", { verbosity: flags.v, format: flags["log-format"] });
 
 // Certificates.
+const tlsFiles = {
+  ca: { flag: "client-ca-file", path: flags["client-ca-file"] },
+  cert: { flag: "cert-file", path: flags["cert-file"] },
+  key: { flag: "cert-key", path: flags["cert-key"] },
+};
 let tls: ReturnType<typeof loadTls>;
 let transport: ReturnType<typeof transportOptions>;
 try {
-  tls = loadTls({
-    ca: { flag: "client-ca-file", path: flags["client-ca-file"] },
-    cert: { flag: "cert-file", path: flags["cert-file"] },
-    key: { flag: "cert-key", path: flags["cert-key"] },
-  });
+  tls = loadTls(tlsFiles);
   transport = transportOptions(flags);
   if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
   if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
@@ -87,6 +88,9 @@ const agents = new AgentPool<QuicConnection>();
 const tunnels = new Tunnels(registry, { max: flags["max-tunnels"] });
 const agentsRejected = new Counter(registry, "quic_tunnel_agents_rejected_total", "Agent connections refused (certificate, identity).");
 new Gauge(registry, "quic_tunnel_agents_connected", "Agents connected and taking tunnels.", () => [[{}, agents.size]]);
+new Gauge(registry, "quic_tunnel_agent_info", "Connected agents by address and certificate subject (value 1).", () =>
+  agents.agents.map((agent) => [{ peer: agent.peer, subject: agent.peerSubject }, 1]),
+);
 registerQuicMetrics(registry, () => agents.agents);
 
 // Transport: agents connect over QUIC and join the round-robin pool.
@@ -113,6 +117,14 @@ quic.on("rejected", (connection, error) => {
   log.warn("rejected agent {peer}: {reason}", { peer: connection.peer, reason: error?.message ?? "handshake failed" });
 });
 quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }));
+// Rotated certificates (cert-manager, a secret update) apply to new handshakes; agents stay connected.
+watchTls(tlsFiles, {
+  onChange: (material) => {
+    quic.setTls(material);
+    log.info("certificate files changed; new agent handshakes use them");
+  },
+  onError: (err) => log.error("certificate reload failed, keeping the previous certificates: {error}", { error: err }),
+});
 
 /** True when no --agent-subject is set, or the certificate's CN or a SAN is one of them. */
 function identityAllowed(certificate: X509Certificate | undefined): boolean {

@@ -13,7 +13,8 @@ import { connect, type QuicConnection, type QuicError, type QuicStream, type Tls
 export interface AgentOptions {
   server: HostPort;
   serverName: string;
-  tls: TlsMaterial;
+  /** The certificates for the next connection attempt (they may be reloaded between attempts). */
+  tls: () => TlsMaterial;
   transport: Partial<TransportOptions>;
   backoff: BackoffOptions;
   log: Logger;
@@ -65,7 +66,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
           host: options.server.host,
           port: options.server.port,
           serverName: options.serverName,
-          tls: options.tls,
+          tls: options.tls(),
           transport: options.transport,
         });
       } catch (err) {

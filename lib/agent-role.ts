@@ -13,7 +13,7 @@ import type { Logger } from "./log.ts";
 import { Counter, Gauge, type Registry } from "./metrics.ts";
 import { registerQuicMetrics } from "./quic-metrics.ts";
 import { onShutdown } from "./shutdown.ts";
-import { loadTls } from "./tls.ts";
+import { loadTls, watchTls } from "./tls.ts";
 import type { QuicStream } from "./transport.ts";
 import { Tunnels } from "./tunnels.ts";
 
@@ -40,18 +40,27 @@ export async function startAgentRole(
   },
 ): Promise<AgentRole> {
   const { flags, log } = options;
+  const tlsFiles = {
+    ca: { flag: "ca-file", path: flags["ca-file"] },
+    cert: { flag: "cert-file", path: flags["cert-file"] },
+    key: { flag: "cert-key", path: flags["cert-key"] },
+  };
   let tls: ReturnType<typeof loadTls>;
   let transport: ReturnType<typeof transportOptions>;
   try {
-    tls = loadTls({
-      ca: { flag: "ca-file", path: flags["ca-file"] },
-      cert: { flag: "cert-file", path: flags["cert-file"] },
-      key: { flag: "cert-key", path: flags["cert-key"] },
-    });
+    tls = loadTls(tlsFiles);
     transport = transportOptions(flags);
   } catch (err) {
     exitWithError(name, err);
   }
+  // Rotated certificates apply from the next connection; the open one keeps working.
+  watchTls(tlsFiles, {
+    onChange: (material) => {
+      tls = material;
+      log.info("certificate files changed; the next connection uses them");
+    },
+    onError: (err) => log.error("certificate reload failed, keeping the previous certificates: {error}", { error: err }),
+  });
 
   const { registry } = options;
   const tunnels = new Tunnels(registry, { max: flags["max-tunnels"] });
@@ -62,7 +71,7 @@ export async function startAgentRole(
     {
       server: flags.server,
       serverName: flags["server-name"],
-      tls,
+      tls: () => tls,
       transport: { ...transport, keepAliveMs: flags["keep-alive"] },
       backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },
       log,

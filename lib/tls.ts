@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, unwatchFile, watchFile } from "node:fs";
 import type { TlsMaterial } from "./transport.ts";
 
 /** The three files of one side's mutual TLS, each with the flag that named it. */
@@ -31,5 +31,34 @@ export function loadTls(files: TlsFiles): TlsMaterial {
     ca: readPem(files.ca.flag, files.ca.path, /-----BEGIN CERTIFICATE-----/),
     cert: readPem(files.cert.flag, files.cert.path, /-----BEGIN CERTIFICATE-----/),
     key: readPem(files.key.flag, files.key.path, /-----BEGIN (RSA |EC )?PRIVATE KEY-----/),
+  };
+}
+
+/**
+ * Polls the files (so that renames and symlink swaps, as Kubernetes secret updates do, are seen)
+ * and calls `onChange` with the reloaded material when any changed and all still load, or
+ * `onError` when they do not (the caller keeps what it has). Returns a function that stops it.
+ */
+export function watchTls(
+  files: TlsFiles,
+  handlers: { onChange: (tls: TlsMaterial) => void; onError: (err: Error) => void; intervalMs?: number },
+): () => void {
+  const paths = [files.ca.path, files.cert.path, files.key.path];
+  let pending: ReturnType<typeof setTimeout> | undefined;
+  const changed = () => {
+    // Files of one rotation change within moments of each other: load once they settle.
+    clearTimeout(pending);
+    pending = setTimeout(() => {
+      try {
+        handlers.onChange(loadTls(files));
+      } catch (err) {
+        handlers.onError(err as Error);
+      }
+    }, 200);
+  };
+  for (const path of paths) watchFile(path, { interval: handlers.intervalMs ?? 1000 }, changed);
+  return () => {
+    clearTimeout(pending);
+    for (const path of paths) unwatchFile(path, changed);
   };
 }

@@ -703,6 +703,11 @@ export class QuicServer extends EventEmitter<ServerEvents> {
     socket.on("error", (err) => this.emit("error", err));
   }
 
+  /** Uses new certificates for handshakes from now on; open connections keep theirs. */
+  setTls(tls: TlsMaterial): void {
+    this.#config = buildConfig(tls, this.#transport);
+  }
+
   /** The bound UDP address. */
   address(): { host: string; port: number } {
     return { ...this.#local };

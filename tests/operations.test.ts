@@ -64,6 +64,11 @@ describe("admin endpoint", () => {
 
     const serverMetrics = parseMetrics((await adminGet(serverAdmin, "/metrics")).body);
     assert.equal(serverMetrics.get("quic_tunnel_agents_connected"), 1);
+    assert.ok(
+      [...serverMetrics.keys()].some((key) =>
+        /^quic_tunnel_agent_info\{peer="127\.0\.0\.1:\d+",subject="CN=quic-tunnel-agent"\}$/.test(key),
+      ),
+    );
     assert.ok((serverMetrics.get('quic_tunnel_tunnels_total{outcome="ok"}') ?? 0) >= 2);
     assert.ok((serverMetrics.get('quic_tunnel_bytes_total{direction="down"}') ?? 0) > 100);
     assert.equal(serverMetrics.get("quic_tunnel_tunnels_active"), 0);
@@ -286,5 +291,70 @@ describe("logs and frontends", () => {
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /exists and is not a socket/);
     assert.ok(existsSync(join(dir, "not-a-socket")));
+  });
+});
+
+describe("certificate reload", () => {
+  test("rotated server certificates apply to new handshakes without dropping open tunnels; a bad file is refused", async () => {
+    const { copyFileSync, writeFileSync: write } = await import("node:fs");
+    const { foreignCerts } = await import("./harness.ts");
+    const original = testCerts();
+    const rotated = foreignCerts();
+    const dir = mkdtempSync(join(tmpdir(), "quic-tunnel-rotate-"));
+    const live = { ...original, serverCert: join(dir, "tls.crt"), serverKey: join(dir, "tls.key"), ca: join(dir, "ca.crt") };
+    copyFileSync(original.serverCert, live.serverCert);
+    copyFileSync(original.serverKey, live.serverKey);
+    copyFileSync(original.ca, live.ca);
+    const server = track(await startServer({ certs: live }));
+    track(await startAgent(server.quicPort));
+    const open = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+    let received = "";
+    open.on("data", (chunk) => {
+      received += chunk.toString();
+    });
+    open.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+
+    copyFileSync(rotated.serverCert, live.serverCert);
+    copyFileSync(rotated.serverKey, live.serverKey);
+    copyFileSync(rotated.ca, live.ca);
+    await server.waitFor(/certificate files changed; new agent handshakes use them/);
+    const rotatedAgent = track(await startAgent(server.quicPort, { certs: rotated }));
+    assert.match(rotatedAgent.log(), /connected to server/);
+
+    write(live.serverCert, "not a certificate\n");
+    await server.waitFor(/certificate reload failed, keeping the previous certificates: .*--cert-file/);
+    track(await startAgent(server.quicPort, { certs: rotated }));
+
+    open.end("GET / HTTP/1.0\r\n\r\n");
+    await new Promise((resolve) => open.once("close", resolve));
+    assert.match(received, /hello through the tunnel/, "the tunnel opened before the rotation kept working");
+  });
+});
+
+describe("load", () => {
+  test("1,000 concurrent tunnels, each a request and a response: no failures, no leaked descriptors", async () => {
+    const server = track(await startServer());
+    const agent = track(await startAgent(server.quicPort));
+    const { readdirSync, readFileSync } = await import("node:fs");
+    const fds = (pid: number | undefined) => readdirSync(`/proc/${pid}/fd`).length;
+    const rssMb = (pid: number | undefined) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
+    // Warm up once so that lazily created state is part of the baseline.
+    assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const before = {
+      serverFds: fds(server.child.pid),
+      agentFds: fds(agent.child.pid),
+      serverRss: rssMb(server.child.pid),
+      agentRss: rssMb(agent.child.pid),
+    };
+    const replies = await Promise.all(Array.from({ length: 1000 }, () => connectAndGet(server.tcpPort).catch((err: Error) => err.message)));
+    const failures = replies.filter((reply) => !reply.includes("hello through the tunnel"));
+    assert.equal(failures.length, 0, `failures: ${failures.slice(0, 3).join(" | ")}`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(fds(server.child.pid), before.serverFds, "server descriptors back to baseline");
+    assert.equal(fds(agent.child.pid), before.agentFds, "agent descriptors back to baseline");
+    const grown = { server: rssMb(server.child.pid) - before.serverRss, agent: rssMb(agent.child.pid) - before.agentRss };
+    assert.ok(grown.server < 48 && grown.agent < 48, `RSS growth after the burst: ${JSON.stringify(grown)} MB`);
   });
 });
