@@ -10,19 +10,20 @@
 import type { X509Certificate } from "node:crypto";
 import type { Server } from "node:net";
 import type { Duplex } from "node:stream";
+import type { Server as TlsServer } from "node:tls";
 import { startAdmin } from "./lib/admin.ts";
 import { GOAWAY } from "./lib/agent-loop.ts";
 import { AgentPool } from "./lib/agent-pool.ts";
 import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions } from "./lib/cli.ts";
 import { replyAndClose } from "./lib/connect.ts";
-import { listenTcp, listenUnix } from "./lib/frontends.ts";
+import { listenTcp, listenUnix, readFrontendTls } from "./lib/frontends.ts";
 import { formatHostPort } from "./lib/hostport.ts";
 import { setupLogging } from "./lib/log.ts";
 import { Counter, Gauge, Registry } from "./lib/metrics.ts";
 import { pipeBoth } from "./lib/pipe.ts";
 import { registerQuicMetrics } from "./lib/quic-metrics.ts";
 import { onShutdown } from "./lib/shutdown.ts";
-import { loadTls, watchTls } from "./lib/tls.ts";
+import { loadTls, watchFiles, watchTls } from "./lib/tls.ts";
 import { listen, type QuicConnection } from "./lib/transport.ts";
 import { Tunnels } from "./lib/tunnels.ts";
 
@@ -200,6 +201,19 @@ try {
   if (flags["listen-uds"]) listeners.push(await listenUnix(flags["listen-uds"], onClient));
 } catch (err) {
   exitWithError("quic-server", err);
+}
+
+if (frontendTls) {
+  // The TLS frontend's certificates rotate like the QUIC ones: new client handshakes use them.
+  const paths = [frontendTls.certFile, frontendTls.keyFile, ...(frontendTls.clientCaFile ? [frontendTls.clientCaFile] : [])];
+  watchFiles(paths, {
+    load: () => readFrontendTls(frontendTls),
+    onChange: (context) => {
+      (listeners[0].server as TlsServer).setSecureContext(context);
+      log.info("TCP TLS certificate files changed; new client handshakes use them");
+    },
+    onError: (err) => log.error("TCP TLS certificate reload failed, keeping the previous certificates: {error}", { error: err }),
+  });
 }
 
 // Admin endpoint: ready once an agent is connected.

@@ -30,6 +30,22 @@ function listening(server: Server, where: string, listen: (done: () => void) => 
   });
 }
 
+/** Reads the frontend's TLS files for a secure context; throws an Error naming the flag. */
+export function readFrontendTls(tls: FrontendTls): { cert: Buffer; key: Buffer; ca?: Buffer } {
+  const read = (flag: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new Error(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
+  return {
+    cert: read("tcp-cert-file", tls.certFile),
+    key: read("tcp-cert-key", tls.keyFile),
+    ca: tls.clientCaFile ? read("tcp-client-ca-file", tls.clientCaFile) : undefined,
+  };
+}
+
 /** Starts the TCP listener, with TLS when `tls` is given. Resolves with the bound `host:port`. */
 export function listenTcp(
   address: HostPort,
@@ -38,22 +54,9 @@ export function listenTcp(
 ): Promise<{ server: Server; bound: string }> {
   let server: Server;
   if (tls) {
-    const read = (flag: string, path: string) => {
-      try {
-        return readFileSync(path);
-      } catch (err) {
-        throw new Error(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-      }
-    };
+    const required = Boolean(tls.clientCaFile);
     server = createTlsServer(
-      {
-        cert: read("tcp-cert-file", tls.certFile),
-        key: read("tcp-cert-key", tls.keyFile),
-        ca: tls.clientCaFile ? read("tcp-client-ca-file", tls.clientCaFile) : undefined,
-        requestCert: Boolean(tls.clientCaFile),
-        rejectUnauthorized: Boolean(tls.clientCaFile),
-        allowHalfOpen: true,
-      },
+      { ...readFrontendTls(tls), requestCert: required, rejectUnauthorized: required, allowHalfOpen: true },
       onClient,
     );
     server.on("tlsClientError", () => {

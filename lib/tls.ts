@@ -35,22 +35,21 @@ export function loadTls(files: TlsFiles): TlsMaterial {
 }
 
 /**
- * Polls the files (so that renames and symlink swaps, as Kubernetes secret updates do, are seen)
- * and calls `onChange` with the reloaded material when any changed and all still load, or
- * `onError` when they do not (the caller keeps what it has). Returns a function that stops it.
+ * Polls `paths` (so that renames and symlink swaps, as Kubernetes secret updates do, are seen) and,
+ * when any changed, calls `onChange` with what `load` makes of them, or `onError` when that throws
+ * (the caller keeps what it has). Returns a function that stops watching.
  */
-export function watchTls(
-  files: TlsFiles,
-  handlers: { onChange: (tls: TlsMaterial) => void; onError: (err: Error) => void; intervalMs?: number },
+export function watchFiles<T>(
+  paths: string[],
+  handlers: { load: () => T; onChange: (loaded: T) => void; onError: (err: Error) => void; intervalMs?: number },
 ): () => void {
-  const paths = [files.ca.path, files.cert.path, files.key.path];
   let pending: ReturnType<typeof setTimeout> | undefined;
   const changed = () => {
     // Files of one rotation change within moments of each other: load once they settle.
     clearTimeout(pending);
     pending = setTimeout(() => {
       try {
-        handlers.onChange(loadTls(files));
+        handlers.onChange(handlers.load());
       } catch (err) {
         handlers.onError(err as Error);
       }
@@ -61,4 +60,9 @@ export function watchTls(
     clearTimeout(pending);
     for (const path of paths) unwatchFile(path, changed);
   };
+}
+
+/** Watches the three files of {@link loadTls} and reloads them together. */
+export function watchTls(files: TlsFiles, handlers: { onChange: (tls: TlsMaterial) => void; onError: (err: Error) => void }): () => void {
+  return watchFiles([files.ca.path, files.cert.path, files.key.path], { load: () => loadTls(files), ...handlers });
 }
