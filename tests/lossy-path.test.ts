@@ -19,13 +19,15 @@ async function lossyRelay(serverPort: number, options: { loss: number; delayMs: 
   const front = dgram.createSocket("udp4");
   const back = dgram.createSocket("udp4");
   let client: { address: string; port: number } | undefined;
+  let open = true;
   const pass = (send: () => void) => {
+    if (!open) return;
     if (random() < options.loss) {
       counts.dropped++;
       return;
     }
     counts.forwarded++;
-    setTimeout(send, options.delayMs);
+    setTimeout(() => open && send(), options.delayMs);
   };
   front.on("message", (message, rinfo) => {
     client = { address: rinfo.address, port: rinfo.port };
@@ -41,6 +43,7 @@ async function lossyRelay(serverPort: number, options: { loss: number; delayMs: 
     port: front.address().port,
     counts,
     close: () => {
+      open = false;
       front.close();
       back.close();
     },

@@ -158,7 +158,7 @@ describe("graceful shutdown", () => {
     open.end("GET / HTTP/1.0\r\n\r\n");
     await new Promise((resolve) => open.once("close", resolve));
     assert.match(received, /hello through the tunnel/);
-    assert.equal(await server.stop(), 0);
+    assert.equal(await server.exited, 0);
   });
 
   test("a second signal exits at once", async () => {
