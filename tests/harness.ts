@@ -45,9 +45,13 @@ export interface RoleProcess {
 export function spawnRole(script: string, args: string[], options: { netns?: string } = {}): RoleProcess {
   const [command, base] = runtimeCommand(script);
   const argv = [...base, ...args];
-  const child = options.netns
-    ? spawn("ip", ["netns", "exec", options.netns, command, ...argv], { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT })
-    : spawn(command, argv, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+  return options.netns ? spawnProcess("ip", ["netns", "exec", options.netns, command, ...argv]) : spawnProcess(command, argv);
+}
+
+/** Starts any command as a {@link RoleProcess} (compiled binaries, chroot). */
+export function spawnProcess(command: string, args: string[]): RoleProcess {
+  const script = args.find((arg) => arg.endsWith(".ts")) ?? command;
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
   let stderr = "";
   const waiters = new Set<() => void>();
   child.stderr?.setEncoding("utf8");
