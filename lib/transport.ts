@@ -339,6 +339,7 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
   #keepAlive: ReturnType<typeof setInterval> | undefined;
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   #closeError: QuicError | undefined;
+  #peerCompleted = false;
 
   constructor(native: Connection, options: { isServer: boolean; peer: string; send: SendPackets; transport: TransportOptions }) {
     super();
@@ -372,6 +373,9 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
   /** Feeds one received datagram to quiche; the work it causes happens in the next flush. */
   receive(datagram: Buffer, info: { from: { host: string; port: number }; to: { host: string; port: number } }): void {
     if (this.closed) return;
+    // A packet that arrives after our side completed the handshake shows the peer completed it
+    // too (the server's HANDSHAKE_DONE, or its refusal of our certificate).
+    if (!this.#peerCompleted && this.native.isEstablished()) this.#peerCompleted = true;
     try {
       this.native.recv(datagram, info);
     } catch {
@@ -439,7 +443,12 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
   flush(): void {
     if (this.closed) return;
     const native = this.native;
-    if (!this.established && native.isEstablished()) this.#onEstablished();
+    // A client waits for the server's word: in TLS 1.3 the client finishes first, and the server may
+    // still refuse its certificate. Reporting "established" only then avoids a connection that works
+    // for the agent but not yet (or never) for the server.
+    if (!this.established && native.isEstablished() && (this.#isServer || this.#peerCompleted) && !native.isDraining()) {
+      this.#onEstablished();
+    }
     if (this.established) {
       if (this.#wantRead.size > 0) {
         const readers = [...this.#wantRead];
