@@ -20,12 +20,20 @@ export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
 declare const Deno: unknown;
 declare const Bun: unknown;
 
-/** The command that runs a TypeScript file with the runtime running this code. */
-export function runtimeCommand(script: string): [string, string[]] {
+/** A JavaScript runtime that can run the role scripts. */
+export type Runtime = { kind: "bun" | "node" | "deno"; path: string };
+
+/** The runtime running this code. */
+export function currentRuntime(): Runtime {
+  return { kind: typeof Deno !== "undefined" ? "deno" : typeof Bun !== "undefined" ? "bun" : "node", path: process.execPath };
+}
+
+/** The command that runs a TypeScript file with `runtime` (default: the one running this code). */
+export function runtimeCommand(script: string, runtime: Runtime = currentRuntime()): [string, string[]] {
   const path = join(ROOT, script);
-  if (typeof Deno !== "undefined") return [process.execPath, ["run", "-A", path]];
-  if (typeof Bun !== "undefined") return [process.execPath, ["run", path]];
-  return [process.execPath, [path]];
+  if (runtime.kind === "deno") return [runtime.path, ["run", "-A", path]];
+  if (runtime.kind === "bun") return [runtime.path, ["run", path]];
+  return [runtime.path, [path]];
 }
 
 /** A role script running as a child process, its stderr collected. */
@@ -42,8 +50,8 @@ export interface RoleProcess {
 }
 
 /** Starts `script` (server.ts, agent.ts, ...) with `args`, inside network namespace `netns` if given. */
-export function spawnRole(script: string, args: string[], options: { netns?: string } = {}): RoleProcess {
-  const [command, base] = runtimeCommand(script);
+export function spawnRole(script: string, args: string[], options: { netns?: string; runtime?: Runtime } = {}): RoleProcess {
+  const [command, base] = runtimeCommand(script, options.runtime);
   const argv = [...base, ...args];
   return options.netns ? spawnProcess("ip", ["netns", "exec", options.netns, command, ...argv]) : spawnProcess(command, argv);
 }
@@ -122,7 +130,15 @@ export interface ServerProcess extends RoleProcess {
 
 /** Starts server.ts on loopback with free ports (or `ports`) and waits until it listens. */
 export async function startServer(
-  options: { certs?: DevCertPaths; args?: string[]; tcpPort?: number; quicPort?: number; quicHost?: string; netns?: string } = {},
+  options: {
+    certs?: DevCertPaths;
+    args?: string[];
+    tcpPort?: number;
+    quicPort?: number;
+    quicHost?: string;
+    netns?: string;
+    runtime?: Runtime;
+  } = {},
 ): Promise<ServerProcess> {
   const certs = options.certs ?? testCerts();
   const proc = spawnRole(
@@ -140,7 +156,7 @@ export async function startServer(
       certs.ca,
       ...(options.args ?? []),
     ],
-    { netns: options.netns },
+    { netns: options.netns, runtime: options.runtime },
   );
   const match = await proc.waitFor(/server started, tcp=127\.0\.0\.1:(\d+) quic=\S+:(\d+)/);
   return Object.assign(proc, { tcpPort: Number(match[1]), quicPort: Number(match[2]) });
@@ -149,7 +165,15 @@ export async function startServer(
 /** Starts agent.ts (or agent-tcp.ts) against `quicPort`; waits for the connection unless told not to. */
 export async function startAgent(
   quicPort: number,
-  options: { script?: string; certs?: DevCertPaths; args?: string[]; wait?: boolean; serverHost?: string; netns?: string } = {},
+  options: {
+    script?: string;
+    certs?: DevCertPaths;
+    args?: string[];
+    wait?: boolean;
+    serverHost?: string;
+    netns?: string;
+    runtime?: Runtime;
+  } = {},
 ): Promise<RoleProcess> {
   const certs = options.certs ?? testCerts();
   const proc = spawnRole(
@@ -165,7 +189,7 @@ export async function startAgent(
       certs.clientKey,
       ...(options.args ?? []),
     ],
-    { netns: options.netns },
+    { netns: options.netns, runtime: options.runtime },
   );
   if (options.wait !== false) await proc.waitFor(/connected to server/);
   return proc;
