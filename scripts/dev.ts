@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import http from "node:http";
 import { join } from "node:path";
 import { ensureDevCerts } from "../lib/dev-certs.ts";
-import { ROOT, runtimeCommand } from "../tests/harness.ts";
+import { agentArgs, ROOT, runtimeCommand, serverTlsArgs } from "../tests/harness.ts";
 
 const TCP = "127.0.0.1:10443";
 const QUIC = "127.0.0.1:8888";
@@ -35,33 +35,9 @@ function start(script: string, args: string[]) {
   return child;
 }
 
-const server = start("server.ts", [
-  "--listen-tcp",
-  TCP,
-  "--listen-quic",
-  QUIC,
-  "--cert-file",
-  certs.serverCert,
-  "--cert-key",
-  certs.serverKey,
-  "--client-ca-file",
-  certs.ca,
-  "--v",
-  "2",
-]);
+const server = start("server.ts", ["--listen-tcp", TCP, "--listen-quic", QUIC, ...serverTlsArgs(certs), "--v", "2"]);
 await new Promise((resolve) => setTimeout(resolve, 500));
-const agent = start("agent.ts", [
-  "--server",
-  QUIC,
-  "--ca-file",
-  certs.ca,
-  "--cert-file",
-  certs.clientCert,
-  "--cert-key",
-  certs.clientKey,
-  "--v",
-  "2",
-]);
+const agent = start("agent.ts", [...agentArgs(QUIC, certs), "--v", "2"]);
 
 let shown = false;
 function ready() {

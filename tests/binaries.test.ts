@@ -11,7 +11,19 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import pkg from "../package.json" with { type: "json" };
 import { makeRootfs } from "../scripts/rootfs.ts";
-import { expectedSha256, ROOT, type RoleProcess, run, sha256, spawnProcess, startHttpTarget, testCerts } from "./harness.ts";
+import {
+  agentArgs,
+  CERTS_AT_ROOT,
+  expectedSha256,
+  ROOT,
+  type RoleProcess,
+  run,
+  serverTlsArgs,
+  sha256,
+  spawnProcess,
+  startHttpTarget,
+  testCerts,
+} from "./harness.ts";
 
 const BINARIES = ["quic-server", "quic-agent", "quic-agent-tcp"];
 const missing = BINARIES.filter((name) => !existsSync(join(ROOT, "dist", name)));
@@ -65,27 +77,11 @@ test("server and agent binaries run alone in a minimal root filesystem and carry
     "127.0.0.1:0",
     "--listen-quic",
     "127.0.0.1:0",
-    "--cert-file",
-    "/certs/tls.crt",
-    "--cert-key",
-    "/certs/tls.key",
-    "--client-ca-file",
-    "/certs/ca.crt",
+    ...serverTlsArgs(CERTS_AT_ROOT),
   ]);
   started.push(server);
   const [, tcpPort, quicPort] = await server.waitFor(/tcp=127\.0\.0\.1:(\d+) quic=127\.0\.0\.1:(\d+)/);
-  const agent = spawnProcess("chroot", [
-    root,
-    "/quic-agent",
-    "--server",
-    `localhost:${quicPort}`,
-    "--ca-file",
-    "/certs/ca.crt",
-    "--cert-file",
-    "/certs/client.crt",
-    "--cert-key",
-    "/certs/client.key",
-  ]);
+  const agent = spawnProcess("chroot", [root, "/quic-agent", ...agentArgs(`localhost:${quicPort}`, CERTS_AT_ROOT)]);
   started.push(agent);
   await agent.waitFor(/connected to server/);
   const result = await run("curl", [
@@ -103,14 +99,7 @@ test("server and agent binaries run alone in a minimal root filesystem and carry
   const passthrough = spawnProcess("chroot", [
     root,
     "/quic-agent-tcp",
-    "--server",
-    `127.0.0.1:${quicPort}`,
-    "--ca-file",
-    "/certs/ca.crt",
-    "--cert-file",
-    "/certs/client.crt",
-    "--cert-key",
-    "/certs/client.key",
+    ...agentArgs(`127.0.0.1:${quicPort}`, CERTS_AT_ROOT),
     "--upstream",
     `127.0.0.1:${target.port}`,
   ]);

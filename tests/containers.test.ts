@@ -10,7 +10,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { makeRootfs } from "../scripts/rootfs.ts";
-import { expectedSha256, ROOT, type RoleProcess, run, sha256, spawnProcess, startHttpTarget, testCerts } from "./harness.ts";
+import {
+  agentArgs,
+  CERTS_AT_ROOT,
+  expectedSha256,
+  ROOT,
+  type RoleProcess,
+  run,
+  serverTlsArgs,
+  sha256,
+  spawnProcess,
+  startHttpTarget,
+  testCerts,
+} from "./harness.ts";
 
 const PODMAN = ["--runtime", "runc"];
 const RUN = [...PODMAN, "run", "--rm", "--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
@@ -85,24 +97,10 @@ test("scratch images of server and agent build offline and carry a transfer", as
     "127.0.0.1:0",
     "--listen-quic",
     "127.0.0.1:0",
-    "--cert-file",
-    "/certs/tls.crt",
-    "--cert-key",
-    "/certs/tls.key",
-    "--client-ca-file",
-    "/certs/ca.crt",
+    ...serverTlsArgs(CERTS_AT_ROOT),
   ]);
   const [, tcpPort, quicPort] = await server.waitFor(/tcp=127\.0\.0\.1:(\d+) quic=127\.0\.0\.1:(\d+)/, 30_000);
-  const agent = container("quic-client-scratch", `qt-agent-${process.pid}`, [
-    "--server",
-    `localhost:${quicPort}`,
-    "--ca-file",
-    "/certs/ca.crt",
-    "--cert-file",
-    "/certs/client.crt",
-    "--cert-key",
-    "/certs/client.key",
-  ]);
+  const agent = container("quic-client-scratch", `qt-agent-${process.pid}`, agentArgs(`localhost:${quicPort}`, CERTS_AT_ROOT));
   await agent.waitFor(/connected to server/, 30_000);
   const result = await run("curl", [
     "-sS",

@@ -122,6 +122,25 @@ export function foreignCerts(): DevCertPaths {
   return ensureDevCerts(mkdtempSync(join(tmpdir(), "quic-tunnel-foreign-")), { caName: "some-other-ca" });
 }
 
+/** The certificate flags of the server, for `certs` (paths as the process sees them). */
+export function serverTlsArgs(certs: Pick<DevCertPaths, "ca" | "serverCert" | "serverKey">): string[] {
+  return ["--cert-file", certs.serverCert, "--cert-key", certs.serverKey, "--client-ca-file", certs.ca];
+}
+
+/** The test certificates as a chroot or container sees them, mounted at /certs. */
+export const CERTS_AT_ROOT = {
+  ca: "/certs/ca.crt",
+  serverCert: "/certs/tls.crt",
+  serverKey: "/certs/tls.key",
+  clientCert: "/certs/client.crt",
+  clientKey: "/certs/client.key",
+};
+
+/** The flags of an agent dialing `server` (host:port) with `certs`. */
+export function agentArgs(server: string, certs: Pick<DevCertPaths, "ca" | "clientCert" | "clientKey">): string[] {
+  return ["--server", server, "--ca-file", certs.ca, "--cert-file", certs.clientCert, "--cert-key", certs.clientKey];
+}
+
 /** A started server and its bound ports. */
 export interface ServerProcess extends RoleProcess {
   tcpPort: number;
@@ -148,12 +167,7 @@ export async function startServer(
       `127.0.0.1:${options.tcpPort ?? 0}`,
       "--listen-quic",
       `${options.quicHost ?? "127.0.0.1"}:${options.quicPort ?? 0}`,
-      "--cert-file",
-      certs.serverCert,
-      "--cert-key",
-      certs.serverKey,
-      "--client-ca-file",
-      certs.ca,
+      ...serverTlsArgs(certs),
       ...(options.args ?? []),
     ],
     { netns: options.netns, runtime: options.runtime },
@@ -178,17 +192,7 @@ export async function startAgent(
   const certs = options.certs ?? testCerts();
   const proc = spawnRole(
     options.script ?? "agent.ts",
-    [
-      "--server",
-      `${options.serverHost ?? "127.0.0.1"}:${quicPort}`,
-      "--ca-file",
-      certs.ca,
-      "--cert-file",
-      certs.clientCert,
-      "--cert-key",
-      certs.clientKey,
-      ...(options.args ?? []),
-    ],
+    [...agentArgs(`${options.serverHost ?? "127.0.0.1"}:${quicPort}`, certs), ...(options.args ?? [])],
     { netns: options.netns, runtime: options.runtime },
   );
   if (options.wait !== false) await proc.waitFor(/connected to server/);
