@@ -13,7 +13,10 @@ export interface TlsFiles {
   key: { flag: string; path: string };
 }
 
-function readPem(flag: string, path: string, marker: RegExp): Uint8Array {
+const CERTIFICATE = { marker: /-----BEGIN CERTIFICATE-----/, what: "certificate" };
+const PRIVATE_KEY = { marker: /-----BEGIN (RSA |EC )?PRIVATE KEY-----/, what: "private key" };
+
+function readPem(flag: string, path: string, expected: { marker: RegExp; what: string }): Uint8Array {
   if (!path) throw new Error(`--${flag} is required`);
   let text: string;
   try {
@@ -21,16 +24,16 @@ function readPem(flag: string, path: string, marker: RegExp): Uint8Array {
   } catch (err) {
     throw new Error(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  if (!marker.test(text)) throw new Error(`--${flag}: ${path} holds no PEM ${marker.source.replace(/\\s|[()|?]/g, " ").trim()}`);
+  if (!expected.marker.test(text)) throw new Error(`--${flag}: ${path} holds no PEM ${expected.what}`);
   return Buffer.from(text);
 }
 
 /** Loads and sanity-checks PEM files; throws an Error naming the flag and path on any problem. */
 export function loadTls(files: TlsFiles): TlsMaterial {
   return {
-    ca: readPem(files.ca.flag, files.ca.path, /-----BEGIN CERTIFICATE-----/),
-    cert: readPem(files.cert.flag, files.cert.path, /-----BEGIN CERTIFICATE-----/),
-    key: readPem(files.key.flag, files.key.path, /-----BEGIN (RSA |EC )?PRIVATE KEY-----/),
+    ca: readPem(files.ca.flag, files.ca.path, CERTIFICATE),
+    cert: readPem(files.cert.flag, files.cert.path, CERTIFICATE),
+    key: readPem(files.key.flag, files.key.path, PRIVATE_KEY),
   };
 }
 

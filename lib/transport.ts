@@ -194,6 +194,7 @@ export class QuicStream extends Duplex {
       }
       if (result === null) return;
       const [length, fin] = result;
+      if (length === 0 && !fin) return;
       const more = length === 0 || this.push(Buffer.from(recvBuffer.subarray(0, length)));
       if (fin) {
         this.#readDone = true;
@@ -720,11 +721,6 @@ export class QuicServer extends EventEmitter<ServerEvents> {
   /** The bound UDP address. */
   address(): { host: string; port: number } {
     return { ...this.#local };
-  }
-
-  /** Live connections (handshaking or established). */
-  get connectionCount(): number {
-    return new Set(this.#connections.values()).size;
   }
 
   /** Closes every connection and the socket. */
