@@ -52,8 +52,15 @@ export function packetSender(socket: dgram.Socket): (produce: PacketProducer) =>
           batch.push(buffer.subarray(0, target.length), target.port, target.host);
           count++;
         }
-        // A packet the kernel would not take is lost like any other; QUIC recovers it.
-        if (count > 0) bun.sendMany(batch);
+        if (count > 0) {
+          try {
+            bun.sendMany(batch);
+          } catch {
+            // An ICMP error from a peer that went away (ECONNREFUSED) surfaces on the next send, and a
+            // full socket buffer refuses packets: either way they are lost like any other, and QUIC's
+            // loss recovery or idle timeout deals with it. Throwing here would take the process down.
+          }
+        }
         if (count < BATCH) return;
       }
     };

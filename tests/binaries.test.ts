@@ -18,6 +18,7 @@ import {
   ROOT,
   type RoleProcess,
   run,
+  SLOW_TRANSPORT,
   serverTlsArgs,
   sha256,
   spawnProcess,
@@ -42,7 +43,7 @@ function skipReason(): string | undefined {
   return `no dist/ binaries (npm run build makes them)`;
 }
 
-test("each binary prints package.json's version", async (t) => {
+test("each binary prints package.json's version", { skip: SLOW_TRANSPORT }, async (t) => {
   const reason = skipReason();
   if (reason) return void t.skip(reason);
   for (const name of BINARIES) {
@@ -51,7 +52,7 @@ test("each binary prints package.json's version", async (t) => {
   }
 });
 
-test("server and agent binaries run alone in a minimal root filesystem and carry a transfer", async (t) => {
+test("server and agent binaries run alone in a minimal root filesystem and carry a transfer", { skip: SLOW_TRANSPORT }, async (t) => {
   const reason = skipReason();
   if (reason) return void t.skip(reason);
   const root = mkdtempSync(join(tmpdir(), "quic-tunnel-rootfs-"));

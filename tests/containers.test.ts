@@ -17,6 +17,7 @@ import {
   ROOT,
   type RoleProcess,
   run,
+  SLOW_TRANSPORT,
   serverTlsArgs,
   sha256,
   spawnProcess,
@@ -50,7 +51,7 @@ function unavailable(): string | undefined {
   return reason;
 }
 
-test("scratch images of server and agent build offline and carry a transfer", async (t) => {
+test("scratch images of server and agent build offline and carry a transfer", { skip: SLOW_TRANSPORT }, async (t) => {
   const reason = unavailable();
   if (reason) return void t.skip(reason);
   makeRootfs(

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { after, before, test } from "node:test";
-import { expectedSha256, ROOT, type RoleProcess, run, runtimeCommand, sha256, startAgent, startServer } from "./harness.ts";
+import { expectedSha256, ROOT, type RoleProcess, run, runtimeCommand, SLOW_TRANSPORT, sha256, startAgent, startServer } from "./harness.ts";
 
 const SERVER_NS = `qt-srv-${process.pid}`;
 const AGENT_NS = `qt-agt-${process.pid}`;
@@ -92,7 +92,7 @@ async function download(server: { tcpPort: number }, mib: number) {
   ]);
 }
 
-test("the default UDP payload fits a 1280-byte MTU path: 16 MiB intact, no IP fragmentation", async (t) => {
+test("the default UDP payload fits a 1280-byte MTU path: 16 MiB intact, no IP fragmentation", { skip: SLOW_TRANSPORT }, async (t) => {
   if (unavailable) return void t.skip(unavailable);
   const before = fragmentsCreated(SERVER_NS) + fragmentsCreated(AGENT_NS);
   const { server, agent } = await tunnel([]);
@@ -103,7 +103,9 @@ test("the default UDP payload fits a 1280-byte MTU path: 16 MiB intact, no IP fr
   await Promise.all([server.stop(), agent.stop()]);
 });
 
-test("--max-udp-payload 1452 sends packets that do not fit the path (the kernel must fragment them)", async (t) => {
+test("--max-udp-payload 1452 sends packets that do not fit the path (the kernel must fragment them)", {
+  skip: SLOW_TRANSPORT,
+}, async (t) => {
   if (unavailable) return void t.skip(unavailable);
   const before = fragmentsCreated(SERVER_NS) + fragmentsCreated(AGENT_NS);
   const { server, agent } = await tunnel(["--max-udp-payload", "1452"]);

@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { ROOT, type RoleProcess, type Runtime, rawExchange, startAgent, startHttpTarget, startServer } from "./harness.ts";
+import { ROOT, type RoleProcess, type Runtime, rawExchange, SLOW_TRANSPORT, startAgent, startHttpTarget, startServer } from "./harness.ts";
 
 const runtimes: Partial<Record<Runtime["kind"], Runtime>> = {};
 const started: RoleProcess[] = [];
@@ -45,7 +45,7 @@ const PAIRS: Array<[Runtime["kind"], Runtime["kind"]]> = [
 ];
 
 for (const [serverKind, agentKind] of PAIRS) {
-  test(`server on ${serverKind}, agent on ${agentKind}: a tunnel carries a request`, async (t) => {
+  test(`server on ${serverKind}, agent on ${agentKind}: a tunnel carries a request`, { skip: SLOW_TRANSPORT }, async (t) => {
     const server = runtimes[serverKind];
     const agent = runtimes[agentKind];
     const missing = [serverKind, agentKind].filter((kind) => !runtimes[kind]);
