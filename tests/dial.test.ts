@@ -5,7 +5,7 @@ import { HttpError } from "../lib/connect.ts";
 import { dial } from "../lib/dial.ts";
 
 test("dials with half-close allowed", async () => {
-  const server = net.createServer((socket) => socket.end("hi"));
+  const server = net.createServer((socket) => socket.on("error", () => {}).end("hi"));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const socket = await dial({ host: "127.0.0.1", port: (server.address() as net.AddressInfo).port }, { timeoutMs: 1000 });
   assert.equal(socket.allowHalfOpen, true);
