@@ -14,6 +14,7 @@ import {
   run,
   runtimeCommand,
   SLOW_TRANSPORT,
+  serverTlsArgs,
   startAgent,
   startHttpTarget,
   startServer,
@@ -291,12 +292,7 @@ describe("logs and frontends", { skip: SLOW_TRANSPORT }, () => {
       "127.0.0.1:0",
       "--listen-quic",
       "127.0.0.1:0",
-      "--cert-file",
-      testCerts().serverCert,
-      "--cert-key",
-      testCerts().serverKey,
-      "--client-ca-file",
-      testCerts().ca,
+      ...serverTlsArgs(testCerts()),
     ]);
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /exists and is not a socket/);

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import pkg from "../package.json" with { type: "json" };
-import { run, runtimeCommand, spawnRole, testCerts } from "./harness.ts";
+import { run, runtimeCommand, serverTlsArgs, spawnRole, testCerts } from "./harness.ts";
 
 const ROLES = {
   "server.ts": ["--listen-tcp", "--listen-quic", "--cert-file", "--cert-key", "--client-ca-file", "--v", "--max-udp-payload", "--alpn"],
@@ -59,30 +59,14 @@ test("an unreadable or wrong certificate file exits 1 naming the flag", async ()
 });
 
 test("a port in use is a clear start-up error", async () => {
-  const first = spawnRole("server.ts", [
-    "--listen-tcp",
-    "127.0.0.1:0",
-    "--listen-quic",
-    "127.0.0.1:0",
-    "--cert-file",
-    testCerts().serverCert,
-    "--cert-key",
-    testCerts().serverKey,
-    "--client-ca-file",
-    testCerts().ca,
-  ]);
+  const first = spawnRole("server.ts", ["--listen-tcp", "127.0.0.1:0", "--listen-quic", "127.0.0.1:0", ...serverTlsArgs(testCerts())]);
   const match = await first.waitFor(/tcp=127\.0\.0\.1:(\d+) quic=127\.0\.0\.1:(\d+)/);
   const second = await runRole("server.ts", [
     "--listen-tcp",
     `127.0.0.1:${match[1]}`,
     "--listen-quic",
     "127.0.0.1:0",
-    "--cert-file",
-    testCerts().serverCert,
-    "--cert-key",
-    testCerts().serverKey,
-    "--client-ca-file",
-    testCerts().ca,
+    ...serverTlsArgs(testCerts()),
   ]);
   await first.stop();
   assert.equal(second.code, 1);
