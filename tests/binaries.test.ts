@@ -11,12 +11,12 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import pkg from "../package.json" with { type: "json" };
 import { makeRootfs } from "../scripts/rootfs.ts";
+import { trackProcesses } from "./fixtures.ts";
 import {
   agentArgs,
   CERTS_AT_ROOT,
   expectedSha256,
   ROOT,
-  type RoleProcess,
   run,
   SLOW_TRANSPORT,
   serverTlsArgs,
@@ -28,10 +28,9 @@ import {
 
 const BINARIES = ["quic-server", "quic-agent", "quic-agent-tcp"];
 const missing = BINARIES.filter((name) => !existsSync(join(ROOT, "dist", name)));
-const started: RoleProcess[] = [];
+const track = trackProcesses();
 let unmount = () => {};
 after(async () => {
-  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
   unmount();
 });
 
@@ -80,10 +79,10 @@ test("server and agent binaries run alone in a minimal root filesystem and carry
     "127.0.0.1:0",
     ...serverTlsArgs(CERTS_AT_ROOT),
   ]);
-  started.push(server);
+  track(server);
   const [, tcpPort, quicPort] = await server.waitFor(/tcp=127\.0\.0\.1:(\d+) quic=127\.0\.0\.1:(\d+)/);
   const agent = spawnProcess("chroot", [root, "/quic-agent", ...agentArgs(`localhost:${quicPort}`, CERTS_AT_ROOT)]);
-  started.push(agent);
+  track(agent);
   await agent.waitFor(/connected to server/);
   const result = await run("curl", [
     "-sS",
@@ -104,7 +103,7 @@ test("server and agent binaries run alone in a minimal root filesystem and carry
     "--upstream",
     `127.0.0.1:${target.port}`,
   ]);
-  started.push(passthrough);
+  track(passthrough);
   await passthrough.waitFor(/connected to server/);
   await agent.stop();
   await server.waitFor(/disconnected/);

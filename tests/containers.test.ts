@@ -10,12 +10,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { makeRootfs } from "../scripts/rootfs.ts";
+import { trackProcesses } from "./fixtures.ts";
 import {
   agentArgs,
   CERTS_AT_ROOT,
   expectedSha256,
   ROOT,
-  type RoleProcess,
   run,
   SLOW_TRANSPORT,
   serverTlsArgs,
@@ -30,11 +30,10 @@ const RUN = [...PODMAN, "run", "--rm", "--network", "host", "--ulimit", "nofile=
 const IMAGES = { "quic-server-scratch": "quic-server", "quic-client-scratch": "quic-agent", "quic-client-tcp-scratch": "quic-agent-tcp" };
 const tag = (target: string) => `localhost/quic-tunnel-test/${target}:${process.pid}`;
 const names: string[] = [];
-const started: RoleProcess[] = [];
+const track = trackProcesses();
 
 after(async () => {
   for (const name of names) await run("podman", [...PODMAN, "rm", "-f", name]);
-  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
   for (const target of Object.keys(IMAGES)) await run("podman", [...PODMAN, "rmi", "-f", tag(target)]);
 });
 
@@ -90,7 +89,7 @@ test("scratch images of server and agent build offline and carry a transfer", { 
   const container = (image: string, name: string, args: string[]) => {
     names.push(name);
     const proc = spawnProcess("podman", [...RUN, "--name", name, "-v", `${dir}:/certs:ro`, tag(image), ...args]);
-    started.push(proc);
+    track(proc);
     return proc;
   };
   const server = container("quic-server-scratch", `qt-server-${process.pid}`, [

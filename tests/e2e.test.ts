@@ -10,11 +10,11 @@ import https from "node:https";
 import type net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, test } from "node:test";
+import { before, describe, test } from "node:test";
+import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
 import {
   expectedSha256,
   foreignCerts,
-  type RoleProcess,
   rawExchange,
   run,
   type ServerProcess,
@@ -26,20 +26,8 @@ import {
   testCerts,
 } from "./harness.ts";
 
-const started: RoleProcess[] = [];
-const track = <T extends RoleProcess>(proc: T): T => {
-  started.push(proc);
-  return proc;
-};
-let target: Awaited<ReturnType<typeof startHttpTarget>>;
-
-before(async () => {
-  target = await startHttpTarget();
-});
-after(async () => {
-  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
-  await target.close();
-});
+const track = trackProcesses();
+const target = httpTargetFixture();
 
 const curlProxy = (server: ServerProcess, url: string, extra: string[] = []) =>
   run("curl", ["-sS", "--max-time", "60", "-p", "--proxy", `127.0.0.1:${server.tcpPort}`, ...extra, url]);

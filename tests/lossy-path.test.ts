@@ -5,8 +5,9 @@
  */
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
-import { after, test } from "node:test";
-import { expectedSha256, type RoleProcess, run, SLOW_TRANSPORT, sha256, startAgent, startHttpTarget, startServer } from "./harness.ts";
+import { test } from "node:test";
+import { trackProcesses } from "./fixtures.ts";
+import { expectedSha256, run, SLOW_TRANSPORT, sha256, startAgent, startHttpTarget, startServer } from "./harness.ts";
 
 /** Relays UDP between one client and `serverPort`, dropping `loss` of the datagrams and delaying all. */
 async function lossyRelay(serverPort: number, options: { loss: number; delayMs: number }) {
@@ -50,17 +51,13 @@ async function lossyRelay(serverPort: number, options: { loss: number; delayMs: 
   };
 }
 
-const started: RoleProcess[] = [];
-after(async () => {
-  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
-});
-
+const track = trackProcesses();
 test("a transfer over a path with 1% loss and 20 ms RTT completes intact", { skip: SLOW_TRANSPORT }, async () => {
   const target = await startHttpTarget();
   const server = await startServer();
-  started.push(server);
+  track(server);
   const relay = await lossyRelay(server.quicPort, { loss: 0.01, delayMs: 10 });
-  started.push(await startAgent(relay.port));
+  track(await startAgent(relay.port));
   const result = await run("curl", [
     "-sS",
     "--max-time",

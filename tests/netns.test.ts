@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { after, before, test } from "node:test";
-import { expectedSha256, ROOT, type RoleProcess, run, runtimeCommand, SLOW_TRANSPORT, sha256, startAgent, startServer } from "./harness.ts";
+import { trackProcesses } from "./fixtures.ts";
+import { expectedSha256, ROOT, run, runtimeCommand, SLOW_TRANSPORT, sha256, startAgent, startServer } from "./harness.ts";
 
 const SERVER_NS = `qt-srv-${process.pid}`;
 const AGENT_NS = `qt-agt-${process.pid}`;
@@ -19,7 +20,7 @@ function ip(args: string[]): void {
 }
 
 let unavailable = "";
-const started: RoleProcess[] = [];
+const track = trackProcesses();
 let targetPort = 0;
 let stopTarget = () => {};
 
@@ -50,7 +51,6 @@ before(async () => {
 });
 
 after(async () => {
-  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
   stopTarget();
   for (const ns of [SERVER_NS, AGENT_NS]) {
     try {
@@ -63,9 +63,9 @@ after(async () => {
 
 async function tunnel(args: string[]) {
   const server = await startServer({ netns: SERVER_NS, quicHost: SERVER_IP, args });
-  started.push(server);
+  track(server);
   const agent = await startAgent(server.quicPort, { netns: AGENT_NS, serverHost: SERVER_IP, args });
-  started.push(agent);
+  track(agent);
   return { server, agent };
 }
 

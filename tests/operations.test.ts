@@ -7,33 +7,12 @@ import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, test } from "node:test";
-import {
-  type RoleProcess,
-  rawExchange,
-  run,
-  runtimeCommand,
-  SLOW_TRANSPORT,
-  serverTlsArgs,
-  startAgent,
-  startHttpTarget,
-  startServer,
-  testCerts,
-} from "./harness.ts";
+import { describe, test } from "node:test";
+import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
+import { rawExchange, run, runtimeCommand, SLOW_TRANSPORT, serverTlsArgs, startAgent, startServer, testCerts } from "./harness.ts";
 
-const started: RoleProcess[] = [];
-const track = <T extends RoleProcess>(proc: T): T => {
-  started.push(proc);
-  return proc;
-};
-let target: Awaited<ReturnType<typeof startHttpTarget>>;
-before(async () => {
-  target = await startHttpTarget();
-});
-after(async () => {
-  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
-  await target.close();
-});
+const track = trackProcesses();
+const target = httpTargetFixture();
 
 const connectAndGet = (port: number, host = "127.0.0.1") =>
   rawExchange(port, `CONNECT ${host}:${target.port} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n`);

@@ -9,10 +9,11 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { ROOT, type RoleProcess, type Runtime, rawExchange, SLOW_TRANSPORT, startAgent, startHttpTarget, startServer } from "./harness.ts";
+import { trackProcesses } from "./fixtures.ts";
+import { ROOT, type Runtime, rawExchange, SLOW_TRANSPORT, startAgent, startHttpTarget, startServer } from "./harness.ts";
 
 const runtimes: Partial<Record<Runtime["kind"], Runtime>> = {};
-const started: RoleProcess[] = [];
+const track = trackProcesses();
 let target: Awaited<ReturnType<typeof startHttpTarget>>;
 
 before(async () => {
@@ -32,7 +33,6 @@ before(async () => {
   target = await startHttpTarget();
 });
 after(async () => {
-  await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
   await target.close();
 });
 
@@ -54,8 +54,8 @@ for (const [serverKind, agentKind] of PAIRS) {
       return void t.skip(`runtime missing here: ${missing.join(", ")}`);
     }
     const serverProcess = await startServer({ runtime: server });
-    started.push(serverProcess);
-    started.push(await startAgent(serverProcess.quicPort, { runtime: agent }));
+    track(serverProcess);
+    track(await startAgent(serverProcess.quicPort, { runtime: agent }));
     await serverProcess.waitFor(/agent \S+ connected/);
     const reply = await rawExchange(serverProcess.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET /mib/1 HTTP/1.0\r\n\r\n`, {
       timeoutMs: 60_000,

@@ -1,0 +1,37 @@
+/**
+ * node:test fixtures shared by the test files that start processes: hooks registered here run
+ * around the whole file.
+ *
+ * @module
+ */
+import { after, before } from "node:test";
+import { type RoleProcess, startHttpTarget } from "./harness.ts";
+
+/** Returns a function that remembers a process; all of them are killed after the file's tests. */
+export function trackProcesses(): <T extends RoleProcess>(proc: T) => T {
+  const started: RoleProcess[] = [];
+  after(async () => {
+    await Promise.all(started.map((proc) => proc.stop("SIGKILL")));
+  });
+  return (proc) => {
+    started.push(proc);
+    return proc;
+  };
+}
+
+/** A local HTTP target started before the file's tests and closed after them. */
+export function httpTargetFixture(): { readonly port: number } {
+  let target: Awaited<ReturnType<typeof startHttpTarget>> | undefined;
+  before(async () => {
+    target = await startHttpTarget();
+  });
+  after(async () => {
+    await target?.close();
+  });
+  return {
+    get port() {
+      if (!target) throw new Error("the HTTP target starts in before()");
+      return target.port;
+    },
+  };
+}
