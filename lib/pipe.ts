@@ -16,6 +16,27 @@ export interface PipeResult {
   error?: Error;
 }
 
+/** Chunks at least this large are freed by {@link release}; small ones are cheap for the collector. */
+const RELEASE_MIN_BYTES = 16 * 1024;
+
+/**
+ * Frees a chunk's memory as soon as the writer has taken it, instead of whenever the garbage
+ * collector runs: sockets hand over chunks of up to 512 KiB, and at tunnel speeds the ones waiting
+ * for collection made up 15-20 MB of a process's memory. Only a chunk that spans its whole
+ * ArrayBuffer is freed, because then no other view can share that memory.
+ */
+function release(chunk: Buffer): void {
+  const { buffer } = chunk;
+  if (
+    chunk.byteLength >= RELEASE_MIN_BYTES &&
+    chunk.byteOffset === 0 &&
+    chunk.byteLength === buffer.byteLength &&
+    buffer instanceof ArrayBuffer
+  ) {
+    buffer.transfer(0);
+  }
+}
+
 function forward(from: Duplex, to: Duplex, count: (n: number) => void): void {
   let waiting = false;
   const resume = () => {
@@ -24,7 +45,9 @@ function forward(from: Duplex, to: Duplex, count: (n: number) => void): void {
   };
   from.on("data", (chunk: Buffer) => {
     count(chunk.length);
-    if (!to.write(chunk) && !waiting) {
+    // The chunk came from `from` and only this pipe holds it; the writer is done with it once its
+    // write callback has run.
+    if (!to.write(chunk, () => release(chunk)) && !waiting) {
       waiting = true;
       from.pause();
       to.once("drain", resume);

@@ -72,3 +72,69 @@ test("a stream already destroyed before the pipe starts ends the pipe", async ()
   closeA();
   closeB();
 });
+
+test("a large chunk's memory is freed once written; shared and small ones are left alone", async () => {
+  const { Duplex } = await import("node:stream");
+  const whole = Buffer.alloc(256 * 1024, 1);
+  const slab = Buffer.alloc(128 * 1024, 2);
+  const view = slab.subarray(0, 64 * 1024);
+  const small = Buffer.alloc(1024, 3);
+  const copies: Buffer[] = [];
+  const source = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  const sink = new Duplex({
+    read() {},
+    write(chunk: Buffer, _encoding, callback) {
+      copies.push(Buffer.from(chunk));
+      callback();
+    },
+    final(callback) {
+      this.push(null);
+      callback();
+    },
+  });
+  const piping = pipeBoth(source, sink);
+  for (const chunk of [whole, view, small]) source.push(chunk);
+  source.push(null);
+  source.end();
+  const result = await piping;
+  assert.equal(result.sent, 256 * 1024 + 64 * 1024 + 1024);
+  assert.deepEqual(
+    copies.map((chunk) => [chunk.length, chunk[0]]),
+    [
+      [256 * 1024, 1],
+      [64 * 1024, 2],
+      [1024, 3],
+    ],
+  );
+  assert.equal(whole.buffer.byteLength, 0, "the whole buffer was freed");
+  assert.equal(slab[0], 2, "a view into a larger buffer was left alone");
+  assert.equal(small[0], 3);
+});
+
+test("large chunks through real sockets both ways arrive intact (sha256)", async () => {
+  const { createHash, randomBytes } = await import("node:crypto");
+  const [clientA, a, closeA] = await socketPair();
+  const [b, serverB, closeB] = await socketPair();
+  const piping = pipeBoth(a, b);
+  const payload = randomBytes(16 << 20);
+  const digest = (socket: net.Socket) =>
+    new Promise<string>((resolve) => {
+      const hash = createHash("sha256");
+      socket.on("data", (chunk: Buffer) => hash.update(chunk));
+      socket.once("end", () => resolve(hash.digest("hex")));
+    });
+  const atServer = digest(serverB);
+  const atClient = digest(clientA);
+  for (let offset = 0; offset < payload.length; offset += 1 << 20) {
+    clientA.write(payload.subarray(offset, offset + (1 << 20)));
+    serverB.write(payload.subarray(offset, offset + (1 << 20)));
+  }
+  clientA.end();
+  serverB.end();
+  const expected = createHash("sha256").update(payload).digest("hex");
+  assert.equal(await atServer, expected);
+  assert.equal(await atClient, expected);
+  await piping;
+  closeA();
+  closeB();
+});
