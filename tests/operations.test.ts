@@ -318,7 +318,7 @@ describe("certificate reload", { skip: SLOW_TRANSPORT }, () => {
 });
 
 describe("load", { skip: SLOW_TRANSPORT }, () => {
-  test("1,000 concurrent tunnels, each a request and a response: no failures, no leaked descriptors", async () => {
+  test("1,000 concurrent tunnels, each a request and a response: no failures, no leaked sockets", async () => {
     const server = track(await startServer());
     const agent = track(await startAgent(server.quicPort));
     const { readdirSync, readFileSync, readlinkSync } = await import("node:fs");
@@ -350,8 +350,8 @@ describe("load", { skip: SLOW_TRANSPORT }, () => {
     assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
     await new Promise((resolve) => setTimeout(resolve, 300));
     const before = {
-      serverFds: descriptors(server.child.pid),
-      agentFds: descriptors(agent.child.pid),
+      serverSockets: descriptors(server.child.pid),
+      agentSockets: descriptors(agent.child.pid),
       serverRss: rssMb(server.child.pid),
       agentRss: rssMb(agent.child.pid),
     };
@@ -359,8 +359,8 @@ describe("load", { skip: SLOW_TRANSPORT }, () => {
     const failures = replies.filter((reply) => !reply.includes("hello through the tunnel"));
     assert.equal(failures.length, 0, `failures: ${failures.slice(0, 3).join(" | ")}`);
     for (const [role, pid, baseline] of [
-      ["server", server.child.pid, before.serverFds],
-      ["agent", agent.child.pid, before.agentFds],
+      ["server", server.child.pid, before.serverSockets],
+      ["agent", agent.child.pid, before.agentSockets],
     ] as const) {
       const after = await backToBaseline(pid, baseline);
       assert.equal(after.count, baseline.length, `${role} sockets back to baseline; extra: ${after.extra.join(", ")}`);
