@@ -18,7 +18,7 @@ export const COMMON_FLAGS = {
     kind: "duration",
     value: "dur",
     default: "0",
-    help: "Close a tunnel that carried no byte either way for this long (0: never).",
+    help: "Close a tunnel that carried no byte either way for this long (0: never); also ends a tunnel left half-open by a lost FIN.",
   },
   "admin-addr": {
     kind: "hostport",

@@ -234,7 +234,7 @@ export class QuicStream extends Duplex {
           return;
         }
         this.#writeDone = true;
-        this.#connection.markDirty();
+        this.#connection.sendFinNow(this.id);
         const callback = this.#finPending;
         this.#finPending = null;
         callback();
@@ -418,6 +418,24 @@ export class QuicConnection extends EventEmitter<ConnectionEvents> {
 
   /** Asks for a flush in this event-loop turn. */
   markDirty(): void {
+    scheduleFlush(this);
+  }
+
+  /**
+   * @internal A FIN written after the stream's data can be lost inside quiche
+   * (cloudflare/quiche#2525): when an ACK of that data is processed before a packet carries the
+   * FIN, quiche counts the stream as complete, forgets it and never sends the FIN, and the peer
+   * waits for the end of the stream. So the FIN goes first in line and out at once, before the
+   * next datagram is read. (A lost packet carrying the FIN can still hit the same bug; see
+   * --tunnel-idle-timeout.)
+   */
+  sendFinNow(id: number): void {
+    try {
+      this.native.streamPriority(id, 0, false);
+    } catch {
+      // quiche already forgot the stream: nothing is left to hurry
+    }
+    this.#sendPackets(this.#produce);
     scheduleFlush(this);
   }
 
