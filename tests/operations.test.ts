@@ -9,7 +9,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
-import { rawExchange, run, runtimeCommand, SLOW_TRANSPORT, serverTlsArgs, startAgent, startServer, testCerts } from "./harness.ts";
+import {
+  expectedSha256,
+  rawExchange,
+  run,
+  runtimeCommand,
+  SLOW_TRANSPORT,
+  serverTlsArgs,
+  sha256,
+  startAgent,
+  startServer,
+  testCerts,
+} from "./harness.ts";
 
 const track = trackProcesses();
 const target = httpTargetFixture();
@@ -210,7 +221,7 @@ describe("logs and frontends", { skip: SLOW_TRANSPORT }, () => {
       }),
     );
     track(await startAgent(server.quicPort));
-    const proxy = ["--proxy", `https://localhost:${server.tcpPort}`, "--proxy-cacert", certs.ca, "-p", "--max-time", "10", "-sS"];
+    const proxy = ["--proxy", `https://localhost:${server.tcpPort}`, "--proxy-cacert", certs.ca, "-p", "--max-time", "60", "-sS"];
     const withCert = await run("curl", [
       ...proxy,
       "--proxy-cert",
@@ -220,6 +231,16 @@ describe("logs and frontends", { skip: SLOW_TRANSPORT }, () => {
       `http://127.0.0.1:${target.port}/`,
     ]);
     assert.equal(withCert.stdout.toString(), "hello through the tunnel\n", withCert.stderr);
+    // Bulk through the TLS frontend: the pipe frees each chunk once the TLS socket has taken it.
+    const bulk = await run("curl", [
+      ...proxy,
+      "--proxy-cert",
+      certs.clientCert,
+      "--proxy-key",
+      certs.clientKey,
+      `http://127.0.0.1:${target.port}/mib/32`,
+    ]);
+    assert.equal(sha256(bulk.stdout), expectedSha256(32), bulk.stderr);
     const withoutCert = await run("curl", [...proxy, `http://127.0.0.1:${target.port}/`]);
     assert.notEqual(withoutCert.code, 0);
     const handshake = await run(
