@@ -28,6 +28,27 @@ const target = httpTargetFixture();
 const connectAndGet = (port: number, host = "127.0.0.1") =>
   rawExchange(port, `CONNECT ${host}:${target.port} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n`);
 
+/**
+ * Opens a tunnel to the HTTP target and waits for its 200. `finish` sends a request, half-closes,
+ * and resolves with everything the client received once the tunnel closed.
+ */
+async function openTunnel(port: number): Promise<{ finish(): Promise<string> }> {
+  const socket = net.connect({ port, host: "127.0.0.1" });
+  let received = "";
+  socket.on("error", () => {});
+  socket.on("data", (chunk) => {
+    received += chunk.toString();
+  });
+  socket.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+  await new Promise((resolve) => socket.once("data", resolve));
+  return {
+    finish() {
+      socket.end("GET / HTTP/1.0\r\n\r\n");
+      return new Promise((resolve) => socket.once("close", () => resolve(received)));
+    },
+  };
+}
+
 /** Parses Prometheus text into `name{labels}` -> value. */
 function parseMetrics(text: string): Map<string, number> {
   const values = new Map<string, number>();
@@ -145,20 +166,12 @@ describe("graceful shutdown", { skip: SLOW_TRANSPORT }, () => {
   test("the server stops accepting, lets an open tunnel finish, then exits 0", async () => {
     const server = track(await startServer({ args: ["--shutdown-grace", "5s"] }));
     track(await startAgent(server.quicPort));
-    const open = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
-    let received = "";
-    open.on("data", (chunk) => {
-      received += chunk.toString();
-    });
-    open.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    const open = await openTunnel(server.tcpPort);
     server.child.kill("SIGTERM");
     await server.waitFor(/draining for up to 5000 ms/);
     await new Promise((resolve) => setTimeout(resolve, 200)); // the listener closes on the runtime's next turn
     await assert.rejects(connectAndGet(server.tcpPort), /ECONNREFUSED/);
-    open.end("GET / HTTP/1.0\r\n\r\n");
-    await new Promise((resolve) => open.once("close", resolve));
-    assert.match(received, /hello through the tunnel/);
+    assert.match(await open.finish(), /hello through the tunnel/);
     assert.equal(await server.exited, 0);
   });
 
@@ -183,17 +196,12 @@ describe("graceful shutdown", { skip: SLOW_TRANSPORT }, () => {
     track(await startAgent(server.quicPort));
     await server.waitFor(/agents=2/);
     // Two open tunnels: round-robin puts one on each agent, so the leaving one has a tunnel to finish.
-    const open = [0, 1].map(() => net.connect({ port: server.tcpPort, host: "127.0.0.1" }));
-    for (const socket of open) {
-      socket.on("error", () => {});
-      socket.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
-      await new Promise((resolve) => socket.once("data", resolve));
-    }
+    const open = [await openTunnel(server.tcpPort), await openTunnel(server.tcpPort)];
     leaving.child.kill("SIGTERM");
     await server.waitFor(/is draining; no new tunnels go to it/);
     for (let i = 0; i < 4; i++) assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
     assert.equal(leaving.child.exitCode, null, "the leaving agent waits for its open tunnel");
-    for (const socket of open) socket.end("GET / HTTP/1.0\r\n\r\n");
+    for (const tunnel of open) assert.match(await tunnel.finish(), /hello through the tunnel/);
     assert.equal(await leaving.exited, 0);
   });
 });
@@ -313,13 +321,7 @@ describe("certificate reload", { skip: SLOW_TRANSPORT }, () => {
     copyFileSync(original.ca, live.ca);
     const server = track(await startServer({ certs: live }));
     track(await startAgent(server.quicPort));
-    const open = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
-    let received = "";
-    open.on("data", (chunk) => {
-      received += chunk.toString();
-    });
-    open.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    const open = await openTunnel(server.tcpPort);
 
     copyFileSync(rotated.serverCert, live.serverCert);
     copyFileSync(rotated.serverKey, live.serverKey);
@@ -332,9 +334,7 @@ describe("certificate reload", { skip: SLOW_TRANSPORT }, () => {
     await server.waitFor(/certificate reload failed, keeping the previous certificates: .*--cert-file/);
     track(await startAgent(server.quicPort, { certs: rotated }));
 
-    open.end("GET / HTTP/1.0\r\n\r\n");
-    await new Promise((resolve) => open.once("close", resolve));
-    assert.match(received, /hello through the tunnel/, "the tunnel opened before the rotation kept working");
+    assert.match(await open.finish(), /hello through the tunnel/, "the tunnel opened before the rotation kept working");
   });
 });
 
