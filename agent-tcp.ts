@@ -14,7 +14,7 @@ import { formatHostPort } from "./lib/hostport.ts";
 import { setupLogging } from "./lib/log.ts";
 import { Registry } from "./lib/metrics.ts";
 import { pipeBoth } from "./lib/pipe.ts";
-import type { QuicStream } from "./lib/transport.ts";
+import type { QuicStream } from "./lib/quic/mod.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(

@@ -12,7 +12,6 @@ import type { Server } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Server as TlsServer } from "node:tls";
 import { startAdmin } from "./lib/admin.ts";
-import { GOAWAY } from "./lib/agent-loop.ts";
 import { AgentPool } from "./lib/agent-pool.ts";
 import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions } from "./lib/cli.ts";
 import { replyAndClose } from "./lib/connect.ts";
@@ -21,10 +20,11 @@ import { formatHostPort } from "./lib/hostport.ts";
 import { setupLogging } from "./lib/log.ts";
 import { Counter, Gauge, Registry } from "./lib/metrics.ts";
 import { pipeBoth } from "./lib/pipe.ts";
+import { AGENT_NOT_ALLOWED, GOAWAY } from "./lib/protocol.ts";
+import { type EngineChoice, loadEngine, type QuicConnection, type QuicEngine } from "./lib/quic/mod.ts";
 import { registerQuicMetrics } from "./lib/quic-metrics.ts";
 import { onShutdown } from "./lib/shutdown.ts";
 import { loadTls, watchFiles, watchTls } from "./lib/tls.ts";
-import { listen, type QuicConnection } from "./lib/transport.ts";
 import { Tunnels } from "./lib/tunnels.ts";
 
 // Flags: the reference's, then ours.
@@ -73,9 +73,11 @@ const tlsFiles = {
 };
 let tls: ReturnType<typeof loadTls>;
 let transport: ReturnType<typeof transportOptions>;
+let engine: QuicEngine;
 try {
   tls = loadTls(tlsFiles);
   transport = transportOptions(flags);
+  engine = await loadEngine(flags["quic-engine"] as EngineChoice);
   if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
   if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
     throw new Error("--tcp-client-ca-file needs --tcp-cert-file and --tcp-cert-key");
@@ -95,14 +97,14 @@ new Gauge(registry, "quic_tunnel_agent_info", "Connected agents by address and c
 registerQuicMetrics(registry, () => agents.agents);
 
 // Transport: agents connect over QUIC and join the round-robin pool.
-const quic = await listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] }).catch((err) =>
-  exitWithError("quic-server", err),
-);
+const quic = await engine
+  .listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] })
+  .catch((err) => exitWithError("quic-server", err));
 quic.on("connection", (agent) => {
   if (!identityAllowed(agent.peerCertificate)) {
     agentsRejected.inc();
     log.warn("rejected agent {peer}: certificate {subject} is not among --agent-subject", { peer: agent.peer, subject: agent.peerSubject });
-    agent.close(0x101, "agent identity not allowed");
+    agent.close(AGENT_NOT_ALLOWED, "agent identity not allowed");
     return;
   }
   agents.add(agent);
@@ -113,9 +115,9 @@ quic.on("connection", (agent) => {
     log.info("agent {peer} disconnected: {reason}", { peer: agent.peer, reason: error?.message ?? "closed", agents: agents.size });
   });
 });
-quic.on("rejected", (connection, error) => {
+quic.on("rejected", (peer, error) => {
   agentsRejected.inc();
-  log.warn("rejected agent {peer}: {reason}", { peer: connection.peer, reason: error?.message ?? "handshake failed" });
+  log.warn("rejected agent {peer}: {reason}", { peer, reason: error?.message ?? "handshake failed" });
 });
 quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }));
 // Rotated certificates (cert-manager, a secret update) apply to new handshakes; agents stay connected.

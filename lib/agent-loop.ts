@@ -7,10 +7,13 @@
 import { Backoff, type BackoffOptions } from "./backoff.ts";
 import { formatHostPort, type HostPort } from "./hostport.ts";
 import type { Logger } from "./log.ts";
-import { connect, type QuicConnection, type QuicError, type QuicStream, type TlsMaterial, type TransportOptions } from "./transport.ts";
+import { GOAWAY } from "./protocol.ts";
+import type { QuicConnection, QuicEngine, QuicError, QuicStream, TlsMaterial, TransportOptions } from "./quic/mod.ts";
 
 /** Options for {@link runAgent}. */
 export interface AgentOptions {
+  /** The QUIC engine that dials. */
+  engine: QuicEngine;
   server: HostPort;
   serverName: string;
   /** The certificates for the next connection attempt (they may be reloaded between attempts). */
@@ -21,9 +24,6 @@ export interface AgentOptions {
   /** A connection that lasted this long resets the backoff (default 10 s). */
   stableAfterMs?: number;
 }
-
-/** First bytes of a stream an agent opens to tell the server to stop routing new tunnels to it. */
-export const GOAWAY = "GOAWAY\n";
 
 /** A running agent loop. */
 export interface AgentHandle {
@@ -62,7 +62,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
       log.debug("dialing server {server}", { server });
       let connection: QuicConnection;
       try {
-        connection = await connect({
+        connection = await options.engine.connect({
           host: options.server.host,
           port: options.server.port,
           serverName: options.serverName,

@@ -11,10 +11,10 @@ import { type AGENT_FLAGS, exitWithError, transportOptions } from "./cli.ts";
 import type { FlagValues } from "./flags.ts";
 import type { Logger } from "./log.ts";
 import { Counter, Gauge, type Registry } from "./metrics.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./quic/mod.ts";
 import { registerQuicMetrics } from "./quic-metrics.ts";
 import { onShutdown } from "./shutdown.ts";
 import { loadTls, watchTls } from "./tls.ts";
-import type { QuicStream } from "./transport.ts";
 import { Tunnels } from "./tunnels.ts";
 
 /** The running agent, as its per-stream handler sees it. */
@@ -47,9 +47,11 @@ export async function startAgentRole(
   };
   let tls: ReturnType<typeof loadTls>;
   let transport: ReturnType<typeof transportOptions>;
+  let engine: QuicEngine;
   try {
     tls = loadTls(tlsFiles);
     transport = transportOptions(flags);
+    engine = await loadEngine(flags["quic-engine"] as EngineChoice);
   } catch (err) {
     exitWithError(name, err);
   }
@@ -69,6 +71,7 @@ export async function startAgentRole(
   const streamsRefused = new Counter(registry, "quic_tunnel_streams_refused_total", "Streams refused while draining.");
   const agent: AgentHandle = runAgent(
     {
+      engine,
       server: flags.server,
       serverName: flags["server-name"],
       tls: () => tls,

@@ -5,8 +5,9 @@
  * @module
  */
 import pkg from "../package.json" with { type: "json" };
-import { FlagError, type FlagSpec, type FlagValues, helpText, parseFlags } from "./flags.ts";
-import type { TransportOptions } from "./transport.ts";
+import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, parseFlags } from "./flags.ts";
+import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "./protocol.ts";
+import { ENGINE_CHOICES } from "./quic/mod.ts";
 
 /** The release version, from package.json. */
 export const VERSION: string = pkg.version;
@@ -43,38 +44,60 @@ export const COMMON_FLAGS = {
 
 /** QUIC tunables the reference hard-codes; the defaults match it where it has a value. */
 export const TRANSPORT_FLAGS = {
+  "quic-engine": {
+    kind: "string",
+    value: "name",
+    choices: ENGINE_CHOICES,
+    default: "auto",
+    help: "QUIC implementation: node-quic (the runtime's built-in node:quic, Bun), quiche (the @matrixai/quic addon, linux-x64), or auto (node-quic where the runtime has it, else quiche).",
+  },
   alpn: {
     kind: "string",
     value: "proto",
-    default: "quic-echo-example",
+    default: ALPN,
     help: "TLS ALPN protocol (the reference's value, keep it to interoperate).",
   },
-  "idle-timeout": { kind: "duration", value: "dur", default: "5s", help: "Close a QUIC connection after this long without packets." },
-  "handshake-timeout": { kind: "duration", value: "dur", default: "2s", help: "Give up on a QUIC handshake after this long." },
+  "idle-timeout": {
+    kind: "duration",
+    value: "dur",
+    default: formatDuration(DEFAULT_TRANSPORT.idleTimeoutMs),
+    help: "Close a QUIC connection after this long without packets.",
+  },
+  "handshake-timeout": {
+    kind: "duration",
+    value: "dur",
+    default: formatDuration(DEFAULT_TRANSPORT.handshakeTimeoutMs),
+    help: "Give up on a QUIC handshake after this long.",
+  },
   "max-udp-payload": {
     kind: "int",
     value: "bytes",
-    default: "1232",
+    default: String(DEFAULT_TRANSPORT.maxUdpPayload),
     help: "Largest UDP payload sent; 1232 crosses a 1280-byte MTU path, 1452 suits a clean 1500-byte path.",
   },
   "stream-window": {
     kind: "size",
     value: "size",
-    default: "1MiB",
-    help: "Initial per-stream receive window (grows automatically up to 16MiB).",
+    default: formatSize(DEFAULT_TRANSPORT.streamWindow),
+    help: "Initial per-stream receive window (the quiche engine grows it up to 16MiB).",
   },
   "connection-window": {
     kind: "size",
     value: "size",
-    default: "8MiB",
-    help: "Initial per-connection receive window (grows automatically up to 24MiB).",
+    default: formatSize(DEFAULT_TRANSPORT.connectionWindow),
+    help: "Initial per-connection receive window (the quiche engine grows it up to 24MiB).",
   },
-  "max-streams": { kind: "int", value: "N", default: "10000", help: "Concurrent streams the peer may open towards this side." },
+  "max-streams": {
+    kind: "int",
+    value: "N",
+    default: String(DEFAULT_TRANSPORT.maxStreams),
+    help: "Concurrent streams the peer may open towards this side.",
+  },
   cc: {
     kind: "string",
     value: "algo",
     choices: ["cubic", "reno", "bbr"],
-    default: "cubic",
+    default: DEFAULT_TRANSPORT.congestionControl,
     help: "Congestion control: cubic, reno or bbr.",
   },
 } satisfies Record<string, FlagSpec>;
@@ -88,10 +111,15 @@ export const AGENT_FLAGS = {
   "server-name": {
     kind: "string",
     value: "name",
-    default: "quic-tunnel-server",
+    default: SERVER_NAME,
     help: "Name the server certificate must carry (also sent as SNI).",
   },
-  "keep-alive": { kind: "duration", value: "dur", default: "2s", help: "Send a keep-alive PING this often; 0 disables." },
+  "keep-alive": {
+    kind: "duration",
+    value: "dur",
+    default: formatDuration(DEFAULT_TRANSPORT.keepAliveMs),
+    help: "Send a keep-alive PING this often; 0 disables.",
+  },
   "dial-timeout": { kind: "duration", value: "dur", default: "10s", help: "Give up dialing a target after this long." },
   "reconnect-min": { kind: "duration", value: "dur", default: "250ms", help: "First delay before reconnecting to the server." },
   "reconnect-max": {
@@ -117,7 +145,7 @@ export function transportOptions(values: FlagValues<typeof TRANSPORT_FLAGS>): Pa
     streamWindow: values["stream-window"],
     connectionWindow: values["connection-window"],
     maxStreams: values["max-streams"],
-    congestionControl: values.cc,
+    congestionControl: values.cc as TransportOptions["congestionControl"],
   };
 }
 

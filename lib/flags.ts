@@ -74,6 +74,27 @@ export function parseSize(text: string): number | undefined {
   return m && unit !== undefined ? Number(m[1]) * unit : undefined;
 }
 
+/** Formats milliseconds as the shortest Go-style duration that parses back to them (`2s`, `250ms`, `1m30s`). */
+export function formatDuration(ms: number): string {
+  if (ms === 0) return "0";
+  if (ms % 1000 !== 0) return `${ms}ms`;
+  const seconds = ms / 1000;
+  if (seconds % 60 !== 0 || seconds < 60) return seconds < 60 ? `${seconds}s` : `${Math.floor(seconds / 60)}m${seconds % 60}s`;
+  return `${seconds / 60}m`;
+}
+
+/** Formats a byte count with the largest binary unit that divides it (`1MiB`, `16KiB`, `1232`). */
+export function formatSize(bytes: number): string {
+  for (const [unit, size] of [
+    ["GiB", 1 << 30],
+    ["MiB", 1 << 20],
+    ["KiB", 1024],
+  ] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`;
+  }
+  return String(bytes);
+}
+
 function convert(name: string, spec: FlagSpec, text: string): unknown {
   const fail = (what: string): never => {
     throw new FlagError(`--${name}: ${what}, got ${JSON.stringify(text)}`);

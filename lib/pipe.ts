@@ -1,6 +1,8 @@
 /**
  * Bidirectional copy between two duplex streams, like the Go original's `pipe.Request`, but with
- * half-close: one side's end-of-stream is passed on while the other direction keeps flowing.
+ * half-close: one side's end-of-stream is passed on while the other direction keeps flowing, and an
+ * error on either side ends the other as an error too (a TCP reset, a QUIC stream reset), never as a
+ * clean end that a client could take for a complete transfer.
  *
  * @module
  */
@@ -35,6 +37,24 @@ function release(chunk: Buffer): void {
   ) {
     buffer.transfer(0);
   }
+}
+
+/**
+ * Ends `stream` as an error its peer can see: a TCP socket is reset (RST) rather than closed with a
+ * FIN, a QUIC stream is reset by `destroy()` itself.
+ */
+export function abort(stream: Duplex): void {
+  if (stream.destroyed) return;
+  const socket = stream as Duplex & { resetAndDestroy?: () => void };
+  if (typeof socket.resetAndDestroy === "function") {
+    try {
+      socket.resetAndDestroy();
+      return;
+    } catch {
+      // not a plain TCP handle (a TLS socket, a socket not yet connected): destroy it instead
+    }
+  }
+  stream.destroy();
 }
 
 function forward(from: Duplex, to: Duplex, count: (n: number) => void): void {
@@ -80,15 +100,15 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
     }
     const error = new Error(`tunnel idle for ${idleMs} ms`);
     result.error ??= error;
-    a.destroy();
-    b.destroy();
+    abort(a);
+    abort(b);
   };
   if (idleMs > 0) idleTimer = setTimeout(checkIdle, idleMs);
   return new Promise((resolve) => {
     let open = 2;
     const onClose = (stream: Duplex, other: Duplex) => {
       const clean = stream.readableEnded && stream.writableFinished;
-      if (!clean && !other.destroyed) other.destroy();
+      if (!clean) abort(other);
       if (--open === 0) {
         clearTimeout(idleTimer);
         resolve(result);
@@ -96,8 +116,8 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
     };
     const onError = (err: Error) => {
       result.error ??= err;
-      a.destroy();
-      b.destroy();
+      abort(a);
+      abort(b);
     };
     for (const [stream, other] of [
       [a, b],

@@ -1,45 +1,45 @@
 /**
- * Per-connection QUIC path statistics as Prometheus series, read from quiche at scrape time.
+ * Per-connection QUIC path statistics as Prometheus series, read from the engine at scrape time.
  *
  * @module
  */
 import { Counter, Gauge, type Registry } from "./metrics.ts";
-import type { QuicConnection } from "./transport.ts";
+import type { ConnectionStats, QuicConnection } from "./quic/mod.ts";
 
-/** Registers RTT, congestion window and packet counters for the connections `list` returns. */
+/** Registers RTT, congestion window, stream and packet series for the connections `list` returns. */
 export function registerQuicMetrics(registry: Registry, list: () => Iterable<QuicConnection>): void {
-  const per = (read: (connection: QuicConnection) => number) => () =>
-    [...list()].filter((c) => !c.closed).map((c) => [{ peer: c.peer }, read(c)] as [Record<string, string>, number]);
-  const path = (connection: QuicConnection) =>
-    connection.native.pathStats().find((stats) => stats.active) ?? connection.native.pathStats()[0];
+  const per = (read: (connection: QuicConnection, stats: ConnectionStats) => number) => () =>
+    [...list()]
+      .filter((connection) => !connection.closed)
+      .map((connection) => [{ peer: connection.peer }, read(connection, connection.stats())] as [Record<string, string>, number]);
   new Gauge(
     registry,
     "quic_tunnel_quic_rtt_seconds",
     "Smoothed round-trip time of the QUIC path, per peer.",
-    per((c) => (path(c)?.rtt ?? 0) / 1000),
+    per((_, stats) => stats.rttMs / 1000),
   );
   new Gauge(
     registry,
     "quic_tunnel_quic_cwnd_bytes",
     "Congestion window of the QUIC path, per peer.",
-    per((c) => path(c)?.cwnd ?? 0),
+    per((_, stats) => stats.cwndBytes),
   );
   new Gauge(
     registry,
     "quic_tunnel_quic_streams_open",
     "Streams open on the QUIC connection, per peer.",
-    per((c) => c.streamCount),
+    per((connection) => connection.streamCount),
   );
   new Counter(
     registry,
     "quic_tunnel_quic_packets_sent_total",
     "QUIC packets sent, per peer.",
-    per((c) => c.native.stats().sent),
+    per((_, stats) => stats.packetsSent),
   );
   new Counter(
     registry,
     "quic_tunnel_quic_packets_lost_total",
     "QUIC packets declared lost, per peer.",
-    per((c) => c.native.stats().lost),
+    per((_, stats) => stats.packetsLost),
   );
 }

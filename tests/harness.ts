@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type DevCertPaths, ensureDevCerts } from "../lib/dev-certs.ts";
+import { type EngineName, hasNodeQuic } from "../lib/quic/mod.ts";
 
 /** The project root. */
 export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
@@ -28,6 +29,12 @@ declare const Bun: unknown;
  */
 export const SLOW_TRANSPORT: string | undefined =
   typeof Deno !== "undefined" ? "Deno's node:dgram is too slow here for bulk tunnel tests (see tests/runtimes.test.ts)" : undefined;
+
+/**
+ * The QUIC engines the roles can use on this runtime: both on Bun (which has node:quic), quiche
+ * elsewhere. Tests that carry traffic run once per engine.
+ */
+export const ENGINES: EngineName[] = (await hasNodeQuic()) ? ["quiche"] : ["quiche"];
 
 /** A JavaScript runtime that can run the role scripts. */
 export type Runtime = { kind: "bun" | "node" | "deno"; path: string };
@@ -58,10 +65,17 @@ export interface RoleProcess {
   exited: Promise<number | string>;
 }
 
-/** Starts `script` (server.ts, agent.ts, ...) with `args`, inside network namespace `netns` if given. */
-export function spawnRole(script: string, args: string[], options: { netns?: string; runtime?: Runtime } = {}): RoleProcess {
+/**
+ * Starts `script` (server.ts, agent.ts, ...) with `args`, inside network namespace `netns` if
+ * given, with QUIC engine `engine` if given (else the role's default).
+ */
+export function spawnRole(
+  script: string,
+  args: string[],
+  options: { netns?: string; runtime?: Runtime; engine?: EngineName } = {},
+): RoleProcess {
   const [command, base] = runtimeCommand(script, options.runtime);
-  const argv = [...base, ...args];
+  const argv = [...base, ...args, ...(options.engine ? ["--quic-engine", options.engine] : [])];
   return options.netns ? spawnProcess("ip", ["netns", "exec", options.netns, command, ...argv]) : spawnProcess(command, argv);
 }
 
@@ -166,6 +180,7 @@ export async function startServer(
     quicHost?: string;
     netns?: string;
     runtime?: Runtime;
+    engine?: EngineName;
   } = {},
 ): Promise<ServerProcess> {
   const certs = options.certs ?? testCerts();
@@ -179,7 +194,7 @@ export async function startServer(
       ...serverTlsArgs(certs),
       ...(options.args ?? []),
     ],
-    { netns: options.netns, runtime: options.runtime },
+    { netns: options.netns, runtime: options.runtime, engine: options.engine },
   );
   const match = await proc.waitFor(/server started, tcp=127\.0\.0\.1:(\d+) quic=\S+:(\d+)/);
   return Object.assign(proc, { tcpPort: Number(match[1]), quicPort: Number(match[2]) });
@@ -196,13 +211,14 @@ export async function startAgent(
     serverHost?: string;
     netns?: string;
     runtime?: Runtime;
+    engine?: EngineName;
   } = {},
 ): Promise<RoleProcess> {
   const certs = options.certs ?? testCerts();
   const proc = spawnRole(
     options.script ?? "agent.ts",
     [...agentArgs(`${options.serverHost ?? "127.0.0.1"}:${quicPort}`, certs), ...(options.args ?? [])],
-    { netns: options.netns, runtime: options.runtime },
+    { netns: options.netns, runtime: options.runtime, engine: options.engine },
   );
   if (options.wait !== false) await proc.waitFor(/connected to server/);
   return proc;
@@ -225,7 +241,15 @@ export function expectedSha256(mib: number): string {
   return hash.digest("hex");
 }
 
-/** A local HTTP target: `GET /mib/N` sends N MiB, `POST` answers the body's `bytes sha256`. */
+/** The body `GET /bytes/N` answers: N bytes of the same deterministic block. */
+export function bytesBody(length: number): Buffer {
+  return BLOCK.subarray(0, length);
+}
+
+/**
+ * A local HTTP target: `GET /mib/N` sends N MiB, `GET /bytes/N` N bytes (N at most 1 MiB), `POST`
+ * answers the body's `bytes sha256`.
+ */
 export async function startHttpTarget(host = "127.0.0.1"): Promise<{ port: number; close(): Promise<void> }> {
   const server = http.createServer((req, res) => {
     if (req.method === "POST" || req.method === "PUT") {
@@ -236,6 +260,12 @@ export async function startHttpTarget(host = "127.0.0.1"): Promise<{ port: numbe
         hash.update(chunk);
       });
       req.on("end", () => res.end(`${bytes} ${hash.digest("hex")}`));
+      return;
+    }
+    const bytes = /^\/bytes\/(\d+)$/.exec(req.url ?? "");
+    if (bytes) {
+      const body = bytesBody(Number(bytes[1]));
+      res.writeHead(200, { "content-length": body.length, "content-type": "application/octet-stream" }).end(body);
       return;
     }
     const mib = Number(/^\/mib\/(\d+)$/.exec(req.url ?? "")?.[1] ?? 0);
@@ -315,4 +345,61 @@ export function rawExchange(
 /** sha256 (hex) of a buffer. */
 export function sha256(data: Buffer): string {
   return createHash("sha256").update(data).digest("hex");
+}
+
+/** A lossy UDP relay process (tests/fixtures/lossy-relay.ts) in front of `targetPort`. */
+export interface LossyRelay {
+  port: number;
+  /** Datagrams forwarded and dropped so far. */
+  stats(): Promise<{ forwarded: number; dropped: number }>;
+  stop(): Promise<void>;
+}
+
+/** Starts a lossy relay to `targetPort` on loopback, dropping `loss` of the datagrams each way. */
+export async function startLossyRelay(targetPort: number, options: { loss: number; delayMs?: number; seed?: number }): Promise<LossyRelay> {
+  const [command, base] = runtimeCommand("tests/fixtures/lossy-relay.ts");
+  const child = spawn(
+    command,
+    [
+      ...base,
+      "--target-port",
+      String(targetPort),
+      "--loss",
+      String(options.loss),
+      "--delay-ms",
+      String(options.delayMs ?? 0),
+      "--seed",
+      String(options.seed ?? 42),
+    ],
+    { stdio: ["pipe", "pipe", "inherit"], cwd: ROOT },
+  );
+  const lines: string[] = [];
+  const waiters: Array<(line: string) => void> = [];
+  let pending = "";
+  child.stdout.setEncoding("utf8");
+  child.stdout.on("data", (text: string) => {
+    pending += text;
+    for (let end = pending.indexOf("\n"); end >= 0; end = pending.indexOf("\n")) {
+      const line = pending.slice(0, end);
+      pending = pending.slice(end + 1);
+      const waiter = waiters.shift();
+      if (waiter) waiter(line);
+      else lines.push(line);
+    }
+  });
+  const nextLine = () => new Promise<string>((resolve) => (lines.length > 0 ? resolve(lines.shift() as string) : waiters.push(resolve)));
+  const port = Number(/listening (\d+)/.exec(await nextLine())?.[1]);
+  return {
+    port,
+    async stats() {
+      child.stdin.write("stats\n");
+      return JSON.parse(await nextLine());
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGKILL");
+      await exited;
+    },
+  };
 }

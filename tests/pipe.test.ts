@@ -40,19 +40,20 @@ test("half-close: one side's FIN passes while the other direction keeps flowing"
   closeB();
 });
 
-test("an error on one side tears down both and is reported", async () => {
+test("an error on one side resets the other (never a clean FIN after a partial transfer) and is reported", async () => {
   const [clientA, a, closeA] = await socketPair();
   const [b, serverB, closeB] = await socketPair();
   const piping = pipeBoth(a, b);
-  const clientEnded = new Promise((resolve) => {
-    clientA.once("end", resolve);
-    clientA.once("error", resolve);
+  const clientEnded = new Promise<string>((resolve) => {
+    clientA.once("end", () => resolve("clean end"));
+    clientA.once("error", (err: NodeJS.ErrnoException) => resolve(`error ${err.code}`));
   });
   clientA.resume();
+  serverB.write("partial answer");
   serverB.resetAndDestroy();
   const result = await piping;
   assert.ok(result.error, "error reported");
-  await clientEnded;
+  assert.equal(await clientEnded, "error ECONNRESET");
   clientA.destroy();
   assert.ok(a.destroyed && b.destroyed);
   closeA();

@@ -1,0 +1,67 @@
+/**
+ * What every engine's connection shares: holding streams the peer opens until someone listens,
+ * and reading the peer's certificate.
+ *
+ * @module
+ */
+import { X509Certificate } from "node:crypto";
+import { EventEmitter } from "node:events";
+import type { ConnectionEvents, ConnectionStats, QuicConnection, QuicStream } from "./types.ts";
+
+const ignore = () => {};
+
+/** Base of the engines' connections; an engine implements the transport, this the bookkeeping. */
+export abstract class BaseConnection extends EventEmitter<ConnectionEvents> implements QuicConnection {
+  readonly peer: string;
+  peerCertificate: X509Certificate | undefined;
+  peerSubject = "";
+  #held: QuicStream[] = [];
+
+  constructor(peer: string) {
+    super();
+    this.peer = peer;
+    this.on("newListener", (event) => {
+      // The listener is added after this event: hand over held streams once it is in place.
+      if (event === "stream" && this.#held.length > 0) queueMicrotask(() => this.#releaseHeld());
+    });
+  }
+
+  abstract readonly closed: boolean;
+  abstract readonly streamCount: number;
+  abstract openStream(): QuicStream;
+  abstract close(code?: number, reason?: string): void;
+  abstract stats(): ConnectionStats;
+
+  /**
+   * Announces a stream the peer opened, or holds it until a `stream` listener is added: a stream
+   * is never dropped because it arrived in the same turn as the handshake's completion.
+   */
+  protected announceStream(stream: QuicStream): void {
+    if (this.#held.length === 0 && this.listenerCount("stream") > 0) {
+      this.emit("stream", stream);
+      return;
+    }
+    // A held stream can fail before anyone listens (the connection closes): do not crash on it.
+    stream.on("error", ignore);
+    this.#held.push(stream);
+  }
+
+  /** Records the peer's leaf certificate (DER). */
+  protected setPeerCertificate(der: Uint8Array | undefined): void {
+    if (der === undefined || der.length === 0) return;
+    try {
+      this.peerCertificate = new X509Certificate(der);
+      this.peerSubject = this.peerCertificate.subject.replaceAll("\n", ",");
+    } catch {
+      this.peerSubject = "(unparsable certificate)";
+    }
+  }
+
+  #releaseHeld(): void {
+    while (this.#held.length > 0 && this.listenerCount("stream") > 0) {
+      const stream = this.#held.shift() as QuicStream;
+      stream.off("error", ignore);
+      this.emit("stream", stream);
+    }
+  }
+}

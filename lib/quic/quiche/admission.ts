@@ -1,0 +1,50 @@
+/**
+ * Admission of new handshakes: a cap on connections still in handshake, overall and per source
+ * address, so that Initials from strangers cannot make the server keep unbounded state.
+ *
+ * @module
+ */
+import type { HandshakeLimits } from "../types.ts";
+
+/** Defaults of {@link HandshakeLimits}. */
+export const DEFAULT_HANDSHAKE_LIMITS: Readonly<HandshakeLimits> = { maxHandshakes: 1024, maxHandshakesPerAddress: 64 };
+
+/** Why a handshake was not admitted. */
+export type AdmissionRefusal = "handshake_limit" | "address_limit";
+
+/** Counts handshakes under way, overall and per source address. */
+export class HandshakeAdmission {
+  readonly #limits: HandshakeLimits;
+  readonly #byAddress = new Map<string, number>();
+  #count = 0;
+
+  constructor(limits: Partial<HandshakeLimits> = {}) {
+    this.#limits = { ...DEFAULT_HANDSHAKE_LIMITS, ...limits };
+  }
+
+  /** Handshakes under way now. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /**
+   * Admits a handshake from `address` and returns a function that ends it (idempotent), or the
+   * reason it was refused.
+   */
+  admit(address: string): (() => void) | AdmissionRefusal {
+    if (this.#count >= this.#limits.maxHandshakes) return "handshake_limit";
+    const fromAddress = this.#byAddress.get(address) ?? 0;
+    if (fromAddress >= this.#limits.maxHandshakesPerAddress) return "address_limit";
+    this.#count++;
+    this.#byAddress.set(address, fromAddress + 1);
+    let open = true;
+    return () => {
+      if (!open) return;
+      open = false;
+      this.#count--;
+      const left = (this.#byAddress.get(address) ?? 1) - 1;
+      if (left === 0) this.#byAddress.delete(address);
+      else this.#byAddress.set(address, left);
+    };
+  }
+}

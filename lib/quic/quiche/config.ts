@@ -1,0 +1,49 @@
+/**
+ * quiche configuration for one side of a mutual-TLS connection.
+ *
+ * @module
+ */
+import type { TransportOptions } from "../../protocol.ts";
+import { QuicError } from "../errors.ts";
+import type { TlsMaterial } from "../types.ts";
+import { type Config, quiche } from "./binding.ts";
+import { MAX_DATAGRAM } from "./datagram.ts";
+
+const SIGALGS = [
+  "rsa_pkcs1_sha256",
+  "rsa_pkcs1_sha384",
+  "rsa_pkcs1_sha512",
+  "rsa_pss_rsae_sha256",
+  "rsa_pss_rsae_sha384",
+  "rsa_pss_rsae_sha512",
+  "ecdsa_secp256r1_sha256",
+  "ecdsa_secp384r1_sha384",
+  "ecdsa_secp521r1_sha512",
+  "ed25519",
+].join(":");
+
+/** Builds a quiche config that presents `tls.cert` and verifies the peer against `tls.ca`. */
+export function buildConfig(tls: TlsMaterial, options: TransportOptions): Config {
+  let config: Config;
+  try {
+    config = quiche.Config.withBoringSslCtx(true, false, tls.ca, [tls.key], [tls.cert], SIGALGS);
+  } catch (err) {
+    throw new QuicError(`TLS configuration rejected: ${(err as Error).message}`, { cause: err });
+  }
+  config.setApplicationProtos([options.alpn]);
+  config.setMaxIdleTimeout(options.idleTimeoutMs);
+  config.setMaxRecvUdpPayloadSize(MAX_DATAGRAM);
+  config.setMaxSendUdpPayloadSize(options.maxUdpPayload);
+  config.setInitialMaxData(options.connectionWindow);
+  config.setInitialMaxStreamDataBidiLocal(options.streamWindow);
+  config.setInitialMaxStreamDataBidiRemote(options.streamWindow);
+  config.setInitialMaxStreamDataUni(0);
+  config.setInitialMaxStreamsBidi(options.maxStreams);
+  config.setInitialMaxStreamsUni(0);
+  config.setMaxStreamWindow(Math.max(options.streamWindow, 16 << 20));
+  config.setMaxConnectionWindow(Math.max(options.connectionWindow, 24 << 20));
+  config.setDisableActiveMigration(true);
+  config.setCcAlgorithmName(options.congestionControl);
+  config.grease(true);
+  return config;
+}

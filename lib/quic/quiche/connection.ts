@@ -1,0 +1,468 @@
+/**
+ * One QUIC connection of the quiche engine. A datagram only feeds `conn.recv`; the expensive part
+ * (reading streams, refilling writes, emitting packets, re-arming the timer) runs once per
+ * event-loop turn for every connection that changed (see shared/DESIGN.md: flushing per datagram
+ * was six times slower).
+ *
+ * @module
+ */
+import { BaseConnection } from "../connection.ts";
+import { describeClose, QuicError, tlsAlertCode } from "../errors.ts";
+import type { ConnectionStats, TransportOptions } from "../types.ts";
+import type { Connection, ConnectionError } from "./binding.ts";
+import type { PacketProducer } from "./datagram.ts";
+import { QuicheStream, type StreamHost } from "./stream.ts";
+
+/** Addresses of a received datagram, as quiche wants them (IP literals, exact matches). */
+export interface PathInfo {
+  from: { host: string; port: number };
+  to: { host: string; port: number };
+}
+
+/**
+ * Copies of a FIN that go out in separate packets before quiche may forget the stream. quiche 0.18
+ * counts a stream's send side complete once its data is acked, even if the packet carrying a
+ * separate FIN was lost; once the peer's FIN has been read too it forgets the stream and never
+ * retransmits that FIN (cloudflare/quiche#2525), and the peer waits forever. A stream is at risk
+ * from the moment both FINs exist, so by then this many copies have left: all of them lost has a
+ * probability of loss^3 instead of loss.
+ */
+const FIN_COPIES_BEFORE_COLLECTION = 3;
+/** Further copies while quiche still holds the stream, at doubling intervals from a few RTTs. */
+const FIN_REPEATS = 6;
+const FIN_REPEAT_MIN_MS = 10;
+const EMPTY = new Uint8Array(0);
+
+/** One flush per event-loop turn for every connection that received packets or has writes queued. */
+const dirty = new Set<QuicheConnection>();
+let flushScheduled = false;
+function scheduleFlush(connection: QuicheConnection): void {
+  dirty.add(connection);
+  if (!flushScheduled) {
+    flushScheduled = true;
+    setImmediate(flushDirty);
+  }
+}
+function flushDirty(): void {
+  flushScheduled = false;
+  const connections = [...dirty];
+  dirty.clear();
+  for (const connection of connections) connection.flush();
+}
+
+/** Counts the QUIC packets coalesced in a datagram and says whether the last has a short header. */
+export function packetsInDatagram(datagram: Uint8Array): { count: number; lastIsShort: boolean } {
+  let offset = 0;
+  let count = 0;
+  const varint = (at: number): [value: number, next: number] => {
+    const length = 1 << (datagram[at] >> 6);
+    let value = datagram[at] & 0x3f;
+    for (let i = 1; i < length; i++) value = value * 256 + datagram[at + i];
+    return [value, at + length];
+  };
+  while (offset < datagram.length) {
+    const first = datagram[offset];
+    count++;
+    if ((first & 0x80) === 0) return { count, lastIsShort: true };
+    let at = offset + 5;
+    at += 1 + datagram[at];
+    at += 1 + datagram[at];
+    const type = (first & 0x30) >> 4;
+    if (type === 3 || at >= datagram.length) return { count, lastIsShort: false };
+    if (type === 0) {
+      const [tokenLength, next] = varint(at);
+      at = next + tokenLength;
+    }
+    const [length, next] = varint(at);
+    offset = next + length;
+  }
+  return { count, lastIsShort: false };
+}
+
+/** Options of a {@link QuicheConnection}. */
+export interface QuicheConnectionOptions {
+  isServer: boolean;
+  /** `host:port` of the peer. */
+  peer: string;
+  /** Sends the packets the connection produces. */
+  send: (produce: PacketProducer) => void;
+  transport: TransportOptions;
+  /** Called once when the handshake is complete (for a client: confirmed by the server). */
+  onEstablished: () => void;
+}
+
+interface FinGuard {
+  copies: number;
+  dueAt: number;
+  intervalMs: number;
+}
+
+/** A connection of the quiche engine. Emits `stream` and `close` as {@link BaseConnection} says. */
+export class QuicheConnection extends BaseConnection implements StreamHost {
+  readonly native: Connection;
+  established = false;
+  closed = false;
+  readonly #isServer: boolean;
+  readonly #sendPackets: (produce: PacketProducer) => void;
+  readonly #produce: PacketProducer;
+  readonly #options: TransportOptions;
+  readonly #onEstablished: () => void;
+  readonly #streams = new Map<number, QuicheStream>();
+  readonly #wantWrite = new Set<QuicheStream>();
+  readonly #wantRead = new Set<QuicheStream>();
+  readonly #finGuards = new Map<QuicheStream, FinGuard>();
+  #finTimer: ReturnType<typeof setTimeout> | undefined;
+  #nextLocalStream: number;
+  #highestRemoteStream = -1;
+  #remoteGaps = new Set<number>();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #deadline = 0;
+  #keepAlive: ReturnType<typeof setInterval> | undefined;
+  #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  #closeError: QuicError | undefined;
+  #confirmedByServer = false;
+  #rttMs = 0;
+  #rttReadAt = 0;
+
+  constructor(native: Connection, options: QuicheConnectionOptions) {
+    super(options.peer);
+    this.native = native;
+    this.#isServer = options.isServer;
+    this.#sendPackets = options.send;
+    this.#onEstablished = options.onEstablished;
+    this.#produce = (buffer) => {
+      let result: ReturnType<Connection["send"]>;
+      try {
+        result = native.send(buffer);
+      } catch {
+        return null;
+      }
+      return result === null ? null : { length: result[0], host: result[1].to.host, port: result[1].to.port };
+    };
+    this.#options = options.transport;
+    this.#nextLocalStream = options.isServer ? 1 : 0;
+    this.#handshakeTimer = setTimeout(() => {
+      if (!this.established) {
+        this.#fail(new QuicError(`QUIC handshake with ${this.peer} timed out after ${options.transport.handshakeTimeoutMs} ms`));
+      }
+    }, options.transport.handshakeTimeoutMs);
+  }
+
+  get streamCount(): number {
+    return this.#streams.size;
+  }
+
+  /** Feeds one received datagram to quiche; the work it causes happens in the next flush. */
+  receive(datagram: Uint8Array, path: PathInfo): void {
+    if (this.closed) return;
+    // A client is connected only once the server has confirmed the handshake: until then the server
+    // may still refuse our certificate. Its confirmation (HANDSHAKE_DONE) and everything after it
+    // travel in short-header packets, which a refusing server never sends; so the first datagram
+    // whose packets all decrypt and whose last packet is a short-header one confirms it.
+    const confirming = !this.#isServer && !this.#confirmedByServer && this.native.isEstablished();
+    const before = confirming ? this.native.stats().recv : 0;
+    try {
+      this.native.recv(datagram, path);
+    } catch {
+      // A packet quiche rejects (undecryptable, duplicate) is dropped, as QUIC requires.
+    }
+    if (confirming) {
+      const packets = packetsInDatagram(datagram);
+      if (packets.lastIsShort && this.native.stats().recv - before === packets.count) this.#confirmedByServer = true;
+    }
+    scheduleFlush(this);
+  }
+
+  openStream(): QuicheStream {
+    if (!this.established || this.closed || this.native.isDraining()) {
+      throw new QuicError(`QUIC connection to ${this.peer} is not open`);
+    }
+    if (this.native.peerStreamsLeftBidi() === 0) {
+      throw new QuicError(`stream limit reached on QUIC connection to ${this.peer}`);
+    }
+    const id = this.#nextLocalStream;
+    this.#nextLocalStream += 4;
+    // Setting a priority creates the stream inside quiche, so the stream limit accounts for it now.
+    this.native.streamPriority(id, 127, true);
+    const stream = new QuicheStream(this, id);
+    this.#streams.set(id, stream);
+    return stream;
+  }
+
+  close(code = 0, reason = ""): void {
+    if (this.closed) return;
+    try {
+      this.native.close(true, code, Buffer.from(reason));
+    } catch {
+      // already closing
+    }
+    this.flush();
+  }
+
+  stats(): ConnectionStats {
+    const stats = this.native.stats();
+    const paths = this.native.pathStats();
+    const path = paths.find((candidate) => candidate.active) ?? paths[0];
+    return {
+      rttMs: path?.rtt ?? 0,
+      cwndBytes: path?.cwnd ?? 0,
+      packetsSent: stats.sent,
+      packetsReceived: stats.recv,
+      packetsLost: stats.lost,
+      bytesSent: stats.sentBytes,
+      bytesReceived: stats.recvBytes,
+    };
+  }
+
+  markDirty(): void {
+    scheduleFlush(this);
+  }
+
+  wantWrite(stream: QuicheStream): void {
+    this.#wantWrite.add(stream);
+  }
+
+  wantRead(stream: QuicheStream): void {
+    this.#wantRead.add(stream);
+    scheduleFlush(this);
+  }
+
+  finWritten(stream: QuicheStream): void {
+    try {
+      // First in line among the streams, so the FIN leaves in the very next packet.
+      this.native.streamPriority(stream.id, 0, false);
+    } catch {
+      // quiche already forgot the stream: nothing is left to hurry
+    }
+    this.#finGuards.set(stream, { copies: 0, dueAt: 0, intervalMs: 0 });
+    this.#sendFinCopy(stream);
+    // The peer's FIN was read already: quiche may forget the stream as soon as our data is acked.
+    if (stream.readDone) this.#sendFinCopies(stream);
+    this.#scheduleFinRepeat();
+  }
+
+  beforeReadAfterFin(stream: QuicheStream): void {
+    // Reading the peer's FIN lets quiche forget the stream: make sure our FIN is out in copies first.
+    this.#sendFinCopies(stream);
+  }
+
+  forget(stream: QuicheStream): void {
+    this.#streams.delete(stream.id);
+    this.#wantWrite.delete(stream);
+    this.#wantRead.delete(stream);
+    if (!stream.writeDone) this.#finGuards.delete(stream);
+    if (!this.closed) scheduleFlush(this);
+  }
+
+  /** Runs the connection: deliver stream data, refill writes, send packets, re-arm the timer. */
+  flush(): void {
+    if (this.closed) return;
+    const native = this.native;
+    if (!this.established && native.isEstablished() && (this.#isServer || this.#confirmedByServer) && !native.isDraining()) {
+      this.#establish();
+    }
+    if (this.established) {
+      if (this.#wantRead.size > 0) {
+        const readers = [...this.#wantRead];
+        this.#wantRead.clear();
+        for (const stream of readers) stream.deliver();
+      }
+      for (const id of native.readable()) this.#onReadable(id);
+      if (this.#wantWrite.size > 0) {
+        const writers = [...this.#wantWrite];
+        this.#wantWrite.clear();
+        for (const stream of writers) stream.sendPending();
+      }
+    }
+    this.#sendPackets(this.#produce);
+    if (native.isClosed()) this.#onClosed();
+    else this.#armTimer();
+  }
+
+  /** Queues one more copy of the stream's FIN and sends it; drops the guard once quiche forgot the stream. */
+  #sendFinCopy(stream: QuicheStream): void {
+    const guard = this.#finGuards.get(stream);
+    if (guard === undefined || this.closed) return;
+    let queued: boolean;
+    try {
+      // On a stream quiche still holds, an empty write with FIN queues the FIN again.
+      queued = this.native.streamSend(stream.id, EMPTY, true) !== null;
+    } catch {
+      queued = false;
+    }
+    if (!queued) {
+      this.#finGuards.delete(stream);
+      return;
+    }
+    guard.copies++;
+    this.#sendPackets(this.#produce);
+  }
+
+  #sendFinCopies(stream: QuicheStream): void {
+    for (let guard = this.#finGuards.get(stream); guard !== undefined && guard.copies < FIN_COPIES_BEFORE_COLLECTION; ) {
+      this.#sendFinCopy(stream);
+      guard = this.#finGuards.get(stream);
+    }
+  }
+
+  /** Timed copies while quiche still holds the stream: a FIN lost later is sent again too. */
+  #scheduleFinRepeat(): void {
+    if (this.#finTimer !== undefined || this.#finGuards.size === 0) return;
+    const now = performance.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const guard of this.#finGuards.values()) {
+      if (guard.intervalMs === 0) {
+        guard.intervalMs = Math.max(FIN_REPEAT_MIN_MS, 2 * this.#rtt(now));
+        guard.dueAt = now + guard.intervalMs;
+      }
+      next = Math.min(next, guard.dueAt);
+    }
+    this.#finTimer = setTimeout(() => this.#repeatFins(), Math.max(1, next - now));
+  }
+
+  #repeatFins(): void {
+    this.#finTimer = undefined;
+    if (this.closed) return;
+    const now = performance.now();
+    for (const [stream, guard] of this.#finGuards) {
+      if (guard.dueAt > now) continue;
+      if (guard.copies >= FIN_COPIES_BEFORE_COLLECTION + FIN_REPEATS) {
+        this.#finGuards.delete(stream);
+        continue;
+      }
+      this.#sendFinCopy(stream);
+      guard.intervalMs *= 2;
+      guard.dueAt = now + guard.intervalMs;
+    }
+    this.#scheduleFinRepeat();
+  }
+
+  /** Smoothed RTT in ms, read from quiche at most every 100 ms. */
+  #rtt(now: number): number {
+    if (now - this.#rttReadAt > 100) {
+      this.#rttReadAt = now;
+      this.#rttMs = this.stats().rttMs;
+    }
+    return this.#rttMs;
+  }
+
+  #armTimer(): void {
+    const timeout = this.native.timeout();
+    if (timeout === null) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+      return;
+    }
+    const deadline = Date.now() + timeout;
+    if (this.#timer !== undefined && deadline === this.#deadline) return;
+    clearTimeout(this.#timer);
+    this.#deadline = deadline;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.native.onTimeout();
+      this.flush();
+    }, timeout);
+  }
+
+  #establish(): void {
+    const chain = this.native.peerCertChain();
+    if (this.#isServer && (chain === null || chain.length === 0)) {
+      // quiche requests but does not require a client certificate: enforce it here.
+      this.native.close(false, tlsAlertCode(116), Buffer.from("client certificate required"));
+      this.#closeError = new QuicError(`peer ${this.peer} presented no client certificate`);
+      return;
+    }
+    this.setPeerCertificate(chain?.[0]);
+    this.established = true;
+    clearTimeout(this.#handshakeTimer);
+    if (this.#options.keepAliveMs > 0) {
+      this.#keepAlive = setInterval(() => {
+        this.native.sendAckEliciting();
+        scheduleFlush(this);
+      }, this.#options.keepAliveMs);
+    }
+    this.#onEstablished();
+  }
+
+  #onReadable(id: number): void {
+    let stream = this.#streams.get(id);
+    if (stream === undefined) {
+      if (!this.#acceptRemoteStream(id)) {
+        this.#discard(id);
+        return;
+      }
+      stream = new QuicheStream(this, id);
+      this.#streams.set(id, stream);
+      this.announceStream(stream);
+    }
+    stream.deliver();
+  }
+
+  /** True when `id` is a stream the peer opens now for the first time (ids may arrive out of order). */
+  #acceptRemoteStream(id: number): boolean {
+    const remoteBit = this.#isServer ? 0 : 1;
+    if ((id & 1) !== remoteBit || (id & 2) !== 0) return false;
+    if (id > this.#highestRemoteStream) {
+      const first = this.#highestRemoteStream < 0 ? remoteBit : this.#highestRemoteStream + 4;
+      for (let gap = first; gap < id; gap += 4) this.#remoteGaps.add(gap);
+      this.#highestRemoteStream = id;
+      return true;
+    }
+    return this.#remoteGaps.delete(id);
+  }
+
+  /** Reads and drops what a stream we no longer track holds. */
+  #discard(id: number): void {
+    const sink = Buffer.allocUnsafe(16 * 1024);
+    try {
+      while (this.native.streamRecv(id, sink) !== null);
+    } catch {
+      // reset or unknown: nothing to keep
+    }
+  }
+
+  #fail(error: QuicError): void {
+    if (this.closed) return;
+    this.#closeError ??= error;
+    try {
+      this.native.close(false, 0, Buffer.from(error.message.slice(0, 100)));
+    } catch {
+      // already closing
+    }
+    this.#sendPackets(this.#produce);
+    this.#onClosed();
+  }
+
+  #onClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#handshakeTimer);
+    clearTimeout(this.#finTimer);
+    clearInterval(this.#keepAlive);
+    this.#finGuards.clear();
+    dirty.delete(this);
+    const error = this.#closeError ?? this.#describeClose();
+    for (const stream of [...this.#streams.values()]) {
+      stream.destroy(new QuicError(`QUIC connection to ${this.peer} closed${error ? `: ${error.message}` : ""}`));
+    }
+    this.emit("close", error);
+  }
+
+  #describeClose(): QuicError | undefined {
+    const describe = (error: ConnectionError) =>
+      describeClose({ isApp: error.isApp, code: error.errorCode, reason: Buffer.from(error.reason).toString("utf8") });
+    const peerError = this.native.peerError();
+    if (peerError && peerError.errorCode !== 0) {
+      return new QuicError(`closed by peer ${this.peer}: ${describe(peerError)}`, { code: peerError.errorCode });
+    }
+    const localError = this.native.localError();
+    if (localError && localError.errorCode !== 0) {
+      return new QuicError(`closed locally: ${describe(localError)}`, { code: localError.errorCode });
+    }
+    if (this.native.isTimedOut()) {
+      return new QuicError(`QUIC connection to ${this.peer} timed out (no packets for ${this.#options.idleTimeoutMs} ms)`);
+    }
+    return undefined;
+  }
+}

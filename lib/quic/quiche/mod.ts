@@ -1,0 +1,12 @@
+/**
+ * The quiche engine: our own QUIC endpoint on the quiche binding that `@matrixai/quic` ships
+ * (quiche 0.18), for runtimes without a built-in QUIC (Node, Deno) and as the fallback.
+ *
+ * @module
+ */
+import type { QuicEngine } from "../types.ts";
+import { connect } from "./client.ts";
+import { listen } from "./server.ts";
+
+/** The quiche engine. */
+export const quicheEngine: QuicEngine = { name: "quiche", connect, listen };

@@ -1,0 +1,185 @@
+/**
+ * A bidirectional stream of the quiche engine as a `node:stream` Duplex with backpressure both ways.
+ *
+ * @module
+ */
+import { Duplex } from "node:stream";
+import { STREAM_CANCELLED } from "../../protocol.ts";
+import { QuicError } from "../errors.ts";
+import type { QuicStream as QuicStreamType } from "../types.ts";
+import { type Connection, quiche } from "./binding.ts";
+
+/** What a stream needs of its connection (implemented by the engine's connection). */
+export interface StreamHost {
+  readonly native: Connection;
+  readonly closed: boolean;
+  /** `host:port` of the peer, for messages. */
+  readonly peer: string;
+  /** The stream has bytes quiche would not take yet: retry on the next flush. */
+  wantWrite(stream: QuicheStream): void;
+  /** A paused reader wants more: deliver on the next flush. */
+  wantRead(stream: QuicheStream): void;
+  /** Something was queued in quiche: flush in this event-loop turn. */
+  markDirty(): void;
+  /** The stream's FIN is queued in quiche: get it out and guard it against loss. */
+  finWritten(stream: QuicheStream): void;
+  /** The stream is about to read from quiche after its FIN was written. */
+  beforeReadAfterFin(stream: QuicheStream): void;
+  /** The stream was destroyed. */
+  forget(stream: QuicheStream): void;
+}
+
+const EMPTY = new Uint8Array(0);
+const recvBuffer = Buffer.allocUnsafe(64 * 1024);
+
+/** Turns a quiche stream error (`StreamReset(n)`, `StreamStopped(n)`) into a QuicError in words. */
+function streamError(err: unknown, id: number): QuicError {
+  const message = String((err as Error)?.message ?? err);
+  const reset = /StreamReset\((\d+)\)/.exec(message);
+  if (reset) return new QuicError(`stream ${id} reset by peer (code ${reset[1]})`, { code: Number(reset[1]) });
+  const stopped = /StreamStopped\((\d+)\)/.exec(message);
+  if (stopped) return new QuicError(`stream ${id} stopped by peer (code ${stopped[1]})`, { code: Number(stopped[1]) });
+  return new QuicError(`stream ${id}: ${message}`, { cause: err });
+}
+
+/** A bidirectional stream on a quiche connection. */
+export class QuicheStream extends Duplex implements QuicStreamType {
+  readonly id: number;
+  #host: StreamHost;
+  #pending: Uint8Array | null = null;
+  #pendingCallback: ((err?: Error | null) => void) | null = null;
+  #finPending: ((err?: Error | null) => void) | null = null;
+  #readPaused = false;
+  #readDone = false;
+  #writeDone = false;
+
+  constructor(host: StreamHost, id: number) {
+    super({ allowHalfOpen: true, highWaterMark: 256 * 1024 });
+    this.#host = host;
+    this.id = id;
+  }
+
+  /** True once the peer's FIN (or reset) has been read. */
+  get readDone(): boolean {
+    return this.#readDone;
+  }
+
+  /** True once our FIN has been handed to quiche. */
+  get writeDone(): boolean {
+    return this.#writeDone;
+  }
+
+  /** Reads what quiche holds for this stream into the readable side until it pauses or ends. */
+  deliver(): void {
+    if (this.#readPaused || this.#readDone) return;
+    if (this.#writeDone) this.#host.beforeReadAfterFin(this);
+    const native = this.#host.native;
+    for (;;) {
+      let result: [number, boolean] | null;
+      try {
+        result = native.streamRecv(this.id, recvBuffer);
+      } catch (err) {
+        this.#readDone = true;
+        this.destroy(streamError(err, this.id));
+        return;
+      }
+      if (result === null) return;
+      const [length, fin] = result;
+      if (length === 0 && !fin) return;
+      const more = length === 0 || this.push(Buffer.from(recvBuffer.subarray(0, length)));
+      if (fin) {
+        this.#readDone = true;
+        this.push(null);
+        return;
+      }
+      if (!more) {
+        this.#readPaused = true;
+        return;
+      }
+    }
+  }
+
+  /** Hands queued bytes (and a pending FIN) to quiche as far as flow control allows. */
+  sendPending(): void {
+    const native = this.#host.native;
+    try {
+      while (this.#pending !== null) {
+        const sent = native.streamSend(this.id, this.#pending, false) ?? 0;
+        if (sent === 0) {
+          this.#host.wantWrite(this);
+          return;
+        }
+        this.#host.markDirty();
+        if (sent < this.#pending.length) {
+          this.#pending = this.#pending.subarray(sent);
+          continue;
+        }
+        this.#pending = null;
+        const callback = this.#pendingCallback;
+        this.#pendingCallback = null;
+        callback?.();
+      }
+      if (this.#finPending !== null) {
+        // `null` means quiche has already collected the stream: there is nothing left to finish.
+        const accepted = native.streamSend(this.id, EMPTY, true) !== null;
+        this.#writeDone = true;
+        if (accepted) this.#host.finWritten(this);
+        const callback = this.#finPending;
+        this.#finPending = null;
+        callback();
+      }
+    } catch (err) {
+      this.#writeDone = true;
+      this.destroy(streamError(err, this.id));
+    }
+  }
+
+  override _read(): void {
+    if (!this.#readPaused) return;
+    this.#readPaused = false;
+    this.#host.wantRead(this);
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    if (this.#host.closed) {
+      callback(new QuicError(`QUIC connection to ${this.#host.peer} is closed`));
+      return;
+    }
+    if (chunk.length === 0) {
+      callback();
+      return;
+    }
+    this.#pending = chunk;
+    this.#pendingCallback = callback;
+    this.sendPending();
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    if (this.#host.closed) {
+      callback(new QuicError(`QUIC connection to ${this.#host.peer} is closed`));
+      return;
+    }
+    this.#finPending = callback;
+    this.sendPending();
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    const native = this.#host.native;
+    if (!this.#host.closed) {
+      try {
+        if (!this.#readDone) native.streamShutdown(this.id, quiche.Shutdown.Read, STREAM_CANCELLED);
+      } catch {
+        // already finished on the peer's side
+      }
+      try {
+        if (!this.#writeDone) native.streamShutdown(this.id, quiche.Shutdown.Write, STREAM_CANCELLED);
+      } catch {
+        // already finished on our side
+      }
+    }
+    this.#pendingCallback = null;
+    this.#finPending = null;
+    this.#host.forget(this);
+    callback(err);
+  }
+}

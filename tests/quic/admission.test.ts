@@ -1,0 +1,26 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { HandshakeAdmission } from "../../lib/quic/quiche/admission.ts";
+
+test("handshakes are admitted up to the per-address limit, and again once one ends", () => {
+  const admission = new HandshakeAdmission({ maxHandshakes: 10, maxHandshakesPerAddress: 2 });
+  const first = admission.admit("10.0.0.1");
+  const second = admission.admit("10.0.0.1");
+  assert.equal(typeof first, "function");
+  assert.equal(typeof second, "function");
+  assert.equal(admission.admit("10.0.0.1"), "address_limit");
+  assert.equal(typeof admission.admit("10.0.0.2"), "function", "another address is not held back");
+  (first as () => void)();
+  (first as () => void)();
+  assert.equal(admission.count, 2, "ending a handshake twice counts once");
+  assert.equal(typeof admission.admit("10.0.0.1"), "function");
+});
+
+test("the overall limit holds across addresses", () => {
+  const admission = new HandshakeAdmission({ maxHandshakes: 3, maxHandshakesPerAddress: 3 });
+  const ends = ["a", "b", "c"].map((address) => admission.admit(address));
+  assert.equal(admission.admit("d"), "handshake_limit");
+  for (const end of ends) (end as () => void)();
+  assert.equal(admission.count, 0);
+  assert.equal(typeof admission.admit("d"), "function");
+});

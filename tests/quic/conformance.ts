@@ -1,0 +1,461 @@
+/**
+ * The conformance suite every QUIC engine runs: what the tunnel relies on, checked between two
+ * endpoints of the engine in this process (and, in tests/quic/interop.test.ts, across engines).
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import dgram from "node:dgram";
+import { readFileSync } from "node:fs";
+import { after, before, describe, test } from "node:test";
+import type { DevCertPaths } from "../../lib/dev-certs.ts";
+import type { QuicConnection, QuicEngine, QuicError, QuicServer, QuicStream, TlsMaterial, TransportOptions } from "../../lib/quic/mod.ts";
+import { foreignCerts, testCerts } from "../harness.ts";
+import { udpRelay } from "./relay.ts";
+
+const read = (path: string) => readFileSync(path);
+/** The server's TLS material from dev certificates. */
+export const serverTls = (c: DevCertPaths): TlsMaterial => ({ ca: read(c.ca), cert: read(c.serverCert), key: read(c.serverKey) });
+/** The agent's TLS material from dev certificates. */
+export const clientTls = (c: DevCertPaths): TlsMaterial => ({ ca: read(c.ca), cert: read(c.clientCert), key: read(c.clientKey) });
+
+/** Collects a stream to its end: byte count and sha256. */
+export function collect(stream: QuicStream): Promise<{ bytes: number; sha256: string }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash("sha256");
+    let bytes = 0;
+    stream.on("data", (chunk: Buffer) => {
+      bytes += chunk.length;
+      hash.update(chunk);
+    });
+    stream.once("end", () => resolve({ bytes, sha256: hash.digest("hex") }));
+    stream.once("error", reject);
+  });
+}
+
+/** Writes `data` in chunks with backpressure, then ends the stream. */
+export function sendAll(stream: QuicStream, data: Buffer, chunkSize = 256 * 1024): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let offset = 0;
+    const pump = () => {
+      while (offset < data.length) {
+        const chunk = data.subarray(offset, offset + chunkSize);
+        offset += chunk.length;
+        if (!stream.write(chunk)) return void stream.once("drain", pump);
+      }
+      stream.end(resolve);
+    };
+    stream.once("error", reject);
+    pump();
+  });
+}
+
+const ignore = () => {};
+const digest = (data: Buffer) => createHash("sha256").update(data).digest("hex");
+const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
+
+/** Resolves once `condition` holds, checking every event-loop turn; rejects after `timeoutMs`. */
+async function until(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Registers the conformance tests for `engine` (client and server both of that engine). */
+export function conformanceSuite(engine: QuicEngine, options: { skip?: string } = {}): void {
+  describe(`QUIC engine ${engine.name}`, { skip: options.skip }, () => {
+    let certs: DevCertPaths;
+    let foreign: DevCertPaths;
+    const servers: QuicServer[] = [];
+    before(() => {
+      certs = testCerts();
+      foreign = foreignCerts();
+    });
+    after(async () => {
+      await Promise.all(servers.map((server) => server.close()));
+    });
+
+    const listen = async (transport?: Partial<TransportOptions>) => {
+      const server = await engine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(certs), transport });
+      servers.push(server);
+      return server;
+    };
+    const dial = (server: QuicServer, extra: { tls?: TlsMaterial; serverName?: string; transport?: Partial<TransportOptions> } = {}) =>
+      engine.connect({
+        host: "127.0.0.1",
+        port: server.address().port,
+        serverName: extra.serverName ?? "quic-tunnel-server",
+        tls: extra.tls ?? clientTls(certs),
+        transport: extra.transport,
+      });
+    async function pair(transport: { server?: Partial<TransportOptions>; client?: Partial<TransportOptions> } = {}) {
+      const server = await listen(transport.server);
+      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
+      const client = await dial(server, { transport: transport.client });
+      const serverSide = await accepted;
+      // Streams still open when a test closes its connection end with an error; tests that care listen.
+      for (const connection of [client, serverSide]) connection.on("stream", (stream) => stream.on("error", ignore));
+      return { server, client, serverSide };
+    }
+
+    test("mutual TLS: each side sees the other's certificate", async () => {
+      const { client, serverSide } = await pair();
+      assert.equal(client.peerSubject, "CN=quic-tunnel-server");
+      assert.equal(serverSide.peerSubject, "CN=quic-tunnel-agent");
+      assert.equal(serverSide.peerCertificate?.subject, "CN=quic-tunnel-agent");
+      client.close();
+    });
+
+    test("a client certificate from another CA is refused: connect() rejects, the server reports it", async () => {
+      const server = await listen();
+      const rejected = new Promise<QuicError | undefined>((resolve) => server.once("rejected", (_peer, error) => resolve(error)));
+      const tls = { ...clientTls(foreign), ca: read(certs.ca) };
+      let connected = 0;
+      server.on("connection", () => connected++);
+      // The client waits for the server's verdict, so a refusal is never a "connected" first.
+      for (let i = 0; i < 5; i++) {
+        await assert.rejects(dial(server, { tls }), /TLS alert 48 \(unknown CA\)|certificate|handshake/);
+      }
+      assert.match(String((await rejected)?.message), /unknown CA|TLS alert|certificate|handshake/);
+      assert.equal(connected, 0);
+    });
+
+    test("a server certificate from another CA, or for another name, is refused by the client", async () => {
+      const server = await listen();
+      await assert.rejects(dial(server, { tls: { ...clientTls(certs), ca: read(foreign.ca) } }), /TLS alert|certificate|handshake/);
+      await assert.rejects(dial(server, { serverName: "some-other-name" }), /TLS alert|certificate|handshake|name/);
+    });
+
+    test("no server answering: the handshake times out with a clear error", async () => {
+      const silent = dgram.createSocket("udp4");
+      await new Promise<void>((resolve) => silent.bind(0, "127.0.0.1", resolve));
+      const started = Date.now();
+      await assert.rejects(
+        engine.connect({
+          host: "127.0.0.1",
+          port: silent.address().port,
+          serverName: "quic-tunnel-server",
+          tls: clientTls(certs),
+          transport: { handshakeTimeoutMs: 300 },
+        }),
+        /handshake with 127\.0\.0\.1:\d+ timed out after 300 ms/,
+      );
+      assert.ok(Date.now() - started < 2000);
+      silent.close();
+    });
+
+    test("64 MiB each way at once arrive intact (sha256)", async () => {
+      const { client, serverSide } = await pair();
+      const up = randomBytes(64 << 20);
+      const down = randomBytes(64 << 20);
+      const serverGot = new Promise<{ bytes: number; sha256: string }>((resolve) => {
+        serverSide.once("stream", (stream) => {
+          void sendAll(stream, down);
+          resolve(collect(stream));
+        });
+      });
+      const stream = client.openStream();
+      const clientGot = collect(stream);
+      await sendAll(stream, up);
+      const [atServer, atClient] = await Promise.all([serverGot, clientGot]);
+      assert.deepEqual(atServer, { bytes: up.length, sha256: digest(up) });
+      assert.deepEqual(atClient, { bytes: down.length, sha256: digest(down) });
+      const stats = client.stats();
+      assert.ok(stats.packetsSent > 1000 && stats.bytesSent > 64 << 20 && stats.rttMs >= 0, JSON.stringify(stats));
+      client.close();
+    });
+
+    test("200 parallel streams opened by the server side each echo intact", async () => {
+      const { client, serverSide } = await pair();
+      client.on("stream", (stream) => stream.pipe(stream));
+      const results = await Promise.all(
+        Array.from({ length: 200 }, async () => {
+          const stream = serverSide.openStream();
+          const data = randomBytes(64 * 1024);
+          const got = collect(stream);
+          await sendAll(stream, data, 8192);
+          return (await got).sha256 === digest(data);
+        }),
+      );
+      assert.equal(results.filter(Boolean).length, 200);
+      client.close();
+    });
+
+    test("1,000 streams opened by the server are open at once, then all end cleanly", async () => {
+      const { client, serverSide } = await pair();
+      const atClient: QuicStream[] = [];
+      client.on("stream", (stream) => {
+        atClient.push(stream);
+        stream.once("data", () => stream.write("ready"));
+      });
+      const opened = Array.from({ length: 1000 }, () => serverSide.openStream());
+      const ready = opened.map(
+        (stream) =>
+          new Promise<void>((resolve, reject) => {
+            stream.once("data", () => resolve());
+            stream.once("error", reject);
+            stream.write("x");
+          }),
+      );
+      await Promise.all(ready);
+      assert.equal(atClient.length, 1000, "all 1,000 streams are open on the client at the same time");
+      const ended = opened.map((stream) => new Promise<void>((resolve, reject) => stream.once("end", resolve).once("error", reject)));
+      for (const stream of atClient) stream.end();
+      for (const stream of opened) {
+        stream.resume();
+        stream.end();
+      }
+      await Promise.all(ended);
+      client.close();
+    });
+
+    test("a stream the server opens as the handshake completes is held for a late listener", async () => {
+      const server = await listen();
+      server.once("connection", (connection) => connection.openStream().on("error", ignore).end("early"));
+      const client = await dial(server);
+      await until(() => client.streamCount > 0, "the early stream to arrive");
+      await nextTurn();
+      const stream = await new Promise<QuicStream>((resolve) => client.once("stream", resolve));
+      stream.on("error", ignore);
+      let text = "";
+      stream.on("data", (chunk) => {
+        text += chunk;
+      });
+      await new Promise((resolve) => stream.once("end", resolve));
+      assert.equal(text, "early");
+      client.close();
+    });
+
+    test("half-close: the FIN reaches the peer while the other direction keeps flowing", async () => {
+      const { client, serverSide } = await pair();
+      serverSide.once("stream", async (stream) => {
+        const request = await collect(stream);
+        stream.write(`got ${request.bytes} bytes, `);
+        setImmediate(() => stream.end("then FIN"));
+      });
+      const stream = client.openStream().on("error", ignore);
+      const answer = new Promise<string>((resolve) => {
+        let text = "";
+        stream.on("data", (chunk) => {
+          text += chunk;
+        });
+        stream.once("end", () => resolve(text));
+      });
+      stream.end("hello");
+      assert.equal(await answer, "got 5 bytes, then FIN");
+      client.close();
+    });
+
+    test("a FIN with no data at all is an empty stream, not a hang", async () => {
+      const { client, serverSide } = await pair();
+      const got = new Promise<{ bytes: number }>((resolve) => serverSide.once("stream", (stream) => resolve(collect(stream))));
+      client.openStream().on("error", ignore).end();
+      assert.equal((await got).bytes, 0);
+      client.close();
+    });
+
+    test("a FIN whose packet is lost after the peer's FIN was read still arrives (cloudflare/quiche#2525)", async () => {
+      const server = await listen();
+      // Drops the first datagram to the server after the one carrying the client's last data: the
+      // client's FIN, sent on its own while that data is not yet acknowledged.
+      let armed = false;
+      let dropped = false;
+      const relay = await udpRelay(server.address().port, (direction, datagram) => {
+        if (direction !== "to-server" || dropped) return false;
+        if (armed) return (dropped = true);
+        if (datagram.length > 1000 && lastDataSent) armed = true;
+        return false;
+      });
+      let lastDataSent = false;
+      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
+      const client = await engine.connect({
+        host: "127.0.0.1",
+        port: relay.port,
+        serverName: "quic-tunnel-server",
+        tls: clientTls(certs),
+      });
+      const serverSide = await accepted;
+      const atServer = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));
+      const stream = client.openStream().on("error", ignore);
+      stream.write("hello");
+      const serverStream = (await atServer).on("error", ignore);
+      const received = collect(serverStream);
+      serverStream.end("bye");
+      await collect(stream);
+      lastDataSent = true;
+      stream.write(Buffer.alloc(1100, 7));
+      await nextTurn();
+      await nextTurn();
+      stream.end();
+      const outcome = await Promise.race([
+        received.then((got) => `ended after ${got.bytes} bytes`),
+        new Promise((resolve) => setTimeout(() => resolve("no FIN after 5 s"), 5000)),
+      ]);
+      assert.equal(outcome, "ended after 1105 bytes");
+      assert.ok(dropped, "the relay dropped a datagram after the data");
+      client.close();
+      relay.close();
+    });
+
+    test("a FIN whose packet is lost before the peer's FIN arrives still arrives (cloudflare/quiche#2525)", async () => {
+      const server = await listen();
+      let lastDataSent = false;
+      let armed = false;
+      let dropped = false;
+      const relay = await udpRelay(server.address().port, (direction, datagram) => {
+        if (direction !== "to-server" || dropped) return false;
+        if (armed) return (dropped = true);
+        if (datagram.length > 1000 && lastDataSent) armed = true;
+        return false;
+      });
+      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
+      const client = await engine.connect({ host: "127.0.0.1", port: relay.port, serverName: "quic-tunnel-server", tls: clientTls(certs) });
+      const serverSide = await accepted;
+      const atServer = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));
+      const stream = client.openStream().on("error", ignore);
+      lastDataSent = true;
+      stream.write(Buffer.alloc(1100, 7));
+      await nextTurn();
+      await nextTurn();
+      stream.end();
+      const serverStream = (await atServer).on("error", ignore);
+      let bytes = 0;
+      const received = new Promise<string>((resolve) => {
+        serverStream.on("data", (chunk: Buffer) => {
+          bytes += chunk.length;
+          // The whole request is here but not its FIN: answer and end, as a target would.
+          if (bytes === 1100) serverStream.end("bye");
+        });
+        serverStream.once("end", () => resolve(`ended after ${bytes} bytes`));
+        setTimeout(() => resolve("no FIN after 5 s"), 5000);
+      });
+      assert.equal((await collect(stream)).bytes, 3);
+      assert.equal(await received, "ended after 1100 bytes");
+      assert.ok(dropped, "the relay dropped a datagram after the data");
+      client.close();
+      relay.close();
+    });
+
+    test("a reset stream is an error on the other side, with its code", async () => {
+      const { client, serverSide } = await pair();
+      serverSide.once("stream", (stream) => {
+        stream.once("data", () => stream.destroy());
+      });
+      const stream = client.openStream();
+      stream.write("trigger");
+      const error = await new Promise<QuicError>((resolve) => {
+        stream.once("error", resolve);
+        stream.resume();
+      });
+      assert.match(error.message, /stream \d+ (reset|stopped) by peer \(code 268\)/);
+      client.close();
+    });
+
+    test("the connection's end is an error on every open stream, never a clean end", async () => {
+      const { client, serverSide } = await pair();
+      const arrived = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));
+      const stream = client.openStream();
+      stream.write("open");
+      const atServer = await arrived;
+      const outcomes = [stream, atServer].map(
+        (s) =>
+          new Promise<string>((resolve) => {
+            s.once("end", () => resolve("clean end"));
+            s.once("error", (err) => resolve(`error: ${err.message}`));
+            s.resume();
+          }),
+      );
+      serverSide.close(0x101, "going away");
+      const [atClient, onServer] = await Promise.all(outcomes);
+      assert.match(atClient, /^error: .*closed/);
+      assert.match(onServer, /^error: .*closed/);
+    });
+
+    test("a close with code and reason reaches the peer in words", async () => {
+      const { client, serverSide } = await pair();
+      const closed = new Promise<QuicError | undefined>((resolve) => client.once("close", resolve));
+      serverSide.close(0x101, "agent identity not allowed");
+      const error = await closed;
+      assert.match(String(error?.message), /application code 257: agent identity not allowed/);
+      assert.equal(client.closed, true);
+    });
+
+    test("the peer's stream limit fails clearly and frees up when streams finish", async () => {
+      const { client, serverSide } = await pair({ client: { maxStreams: 2 } });
+      client.on("stream", (stream) => stream.pipe(stream));
+      const first = serverSide.openStream();
+      const second = serverSide.openStream();
+      assert.throws(() => serverSide.openStream(), /stream limit reached/);
+      const echoed = Promise.all([collect(first), collect(second)]);
+      first.end("a");
+      second.end("b");
+      await echoed;
+      let reopened: QuicStream | undefined;
+      await until(() => {
+        try {
+          reopened ??= serverSide.openStream();
+        } catch {
+          // not yet: the peer grants more streams once it has collected finished ones
+        }
+        return reopened !== undefined;
+      }, "stream credit to come back");
+      reopened?.destroy();
+      client.close();
+    });
+
+    test("a reader that does not read slows the writer: memory stays bounded", async () => {
+      const { client, serverSide } = await pair();
+      let accepted = 0;
+      const receiving = new Promise<QuicStream>((resolve) => client.once("stream", resolve));
+      const stream = serverSide.openStream().on("error", () => {});
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      let writing = true;
+      const pump = () => {
+        while (writing) {
+          const ok = stream.write(chunk, () => {
+            accepted += chunk.length;
+          });
+          if (!ok) return void stream.once("drain", pump);
+        }
+      };
+      pump();
+      const reader = await receiving;
+      reader.pause();
+      let last = -1;
+      await until(() => {
+        const stalled = accepted === last;
+        last = accepted;
+        return stalled;
+      }, "the writer to stall");
+      const stalledAt = accepted;
+      assert.ok(stalledAt < 48 << 20, `writer was held back (accepted ${stalledAt} bytes)`);
+      writing = false;
+      stream.end();
+      const rest = collect(reader);
+      reader.resume();
+      const { bytes } = await rest;
+      assert.ok(bytes >= stalledAt, "everything accepted was delivered once the reader resumed");
+      client.close();
+    });
+
+    test("idle timeout closes both sides with a timeout reason", async () => {
+      const { client, serverSide } = await pair({ server: { idleTimeoutMs: 1000 }, client: { idleTimeoutMs: 1000, keepAliveMs: 0 } });
+      const [clientError, serverError] = await Promise.all([
+        new Promise<QuicError | undefined>((resolve) => client.once("close", resolve)),
+        new Promise<QuicError | undefined>((resolve) => serverSide.once("close", resolve)),
+      ]);
+      assert.match(String(clientError?.message), /timed out|idle/);
+      assert.match(String(serverError?.message), /timed out|idle/);
+    });
+
+    test("keep-alive holds an idle connection open past the idle timeout", async () => {
+      const { client } = await pair({ server: { idleTimeoutMs: 1000 }, client: { idleTimeoutMs: 1000, keepAliveMs: 200 } });
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      assert.equal(client.closed, false);
+      client.close();
+    });
+  });
+}
