@@ -17,12 +17,12 @@ import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transpo
 import { replyAndClose } from "./lib/connect.ts";
 import { listenTcp, listenUnix, readFrontendTls } from "./lib/frontends.ts";
 import { formatHostPort } from "./lib/hostport.ts";
-import { setupLogging } from "./lib/log.ts";
+import { LogThrottle, setupLogging } from "./lib/log.ts";
 import { Counter, Gauge, Registry } from "./lib/metrics.ts";
 import { pipeBoth } from "./lib/pipe.ts";
 import { AGENT_NOT_ALLOWED, GOAWAY } from "./lib/protocol.ts";
 import { type EngineChoice, loadEngine, type QuicConnection, type QuicEngine } from "./lib/quic/mod.ts";
-import { registerQuicMetrics } from "./lib/quic-metrics.ts";
+import { registerQuicMetrics, registerQuicServerMetrics } from "./lib/quic-metrics.ts";
 import { onShutdown } from "./lib/shutdown.ts";
 import { loadTls, watchFiles, watchTls } from "./lib/tls.ts";
 import { Tunnels } from "./lib/tunnels.ts";
@@ -115,10 +115,24 @@ quic.on("connection", (agent) => {
     log.info("agent {peer} disconnected: {reason}", { peer: agent.peer, reason: error?.message ?? "closed", agents: agents.size });
   });
 });
+// Refused handshakes are counted; a flood of them (a stranger, a misconfigured fleet) is logged at a
+// bounded rate, and Initials dropped before any handshake as one summary line every 10 s.
+registerQuicServerMetrics(registry, quic);
+const rejectedLog = new LogThrottle({ limit: 10, windowMs: 10_000 });
 quic.on("rejected", (peer, error) => {
   agentsRejected.inc();
-  log.warn("rejected agent {peer}: {reason}", { peer, reason: error?.message ?? "handshake failed" });
+  const allowed = rejectedLog.allow((count) => log.warn("{count} more agent handshakes were rejected and not logged", { count }));
+  if (allowed) log.warn("rejected agent {peer}: {reason}", { peer, reason: error?.message ?? "handshake failed" });
 });
+let refusedBefore: Record<string, number> = {};
+setInterval(() => {
+  const refused = quic.stats().refused;
+  const fresh = Object.entries(refused)
+    .map(([reason, count]) => [reason, count - (refusedBefore[reason] ?? 0)] as const)
+    .filter(([, count]) => count > 0);
+  refusedBefore = refused;
+  if (fresh.length > 0) log.warn("dropped QUIC Initials in the last 10 s: {counts}", { counts: Object.fromEntries(fresh) });
+}, 10_000).unref();
 quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }));
 // Rotated certificates (cert-manager, a secret update) apply to new handshakes; agents stay connected.
 watchTls(tlsFiles, {
@@ -157,7 +171,7 @@ function listenForGoAway(agent: QuicConnection, stream: Duplex): void {
 }
 
 // Per client: a new stream on the next agent, piped both ways until both sides are done.
-function onClient(socket: Duplex & { remoteAddress?: string; remotePort?: number }): void {
+async function onClient(socket: Duplex & { remoteAddress?: string; remotePort?: number }): Promise<void> {
   const client = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : "unix";
   socket.on("error", () => {}); // reported by pipeBoth, or irrelevant once refused
   if (tunnels.full) {
@@ -166,7 +180,7 @@ function onClient(socket: Duplex & { remoteAddress?: string; remotePort?: number
     replyAndClose(socket, 503, { reason: `server tunnel limit (${tunnels.max}) reached` });
     return;
   }
-  const opened = agents.openStream();
+  const opened = await agents.openStream();
   if (opened.stream === undefined) {
     const reason =
       agents.size === 0

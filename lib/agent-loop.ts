@@ -30,7 +30,7 @@ export interface AgentHandle {
   /** The connection to the server, while there is one. */
   readonly connection: QuicConnection | undefined;
   /** Asks the server to route no new tunnels here (before a graceful stop). */
-  goAway(): void;
+  goAway(): Promise<void>;
   /** Closes the current connection and stops reconnecting. */
   stop(): void;
   /** Resolves when the loop has stopped. */
@@ -102,12 +102,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
     get connection() {
       return current;
     },
-    goAway() {
+    async goAway() {
       try {
-        current
-          ?.openStream()
-          .on("error", () => {})
-          .end(GOAWAY);
+        (await current?.openStream())?.on("error", () => {}).end(GOAWAY);
       } catch (err) {
         log.warn("cannot tell the server to stop routing here: {error}", { error: err });
       }

@@ -6,14 +6,14 @@
 
 /** What the pool needs of an agent connection. */
 export interface StreamOpener<S> {
-  openStream(): S;
+  openStream(): Promise<S>;
 }
 
 /**
  * Round-robin over connected agents. An agent that cannot open a stream (stream limit, closing) is
  * skipped, so one saturated agent does not fail a client while another has room.
  */
-export class AgentPool<A extends StreamOpener<S>, S = ReturnType<A["openStream"]>> {
+export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["openStream"]>>> {
   #agents: A[] = [];
   #next = 0;
 
@@ -45,13 +45,15 @@ export class AgentPool<A extends StreamOpener<S>, S = ReturnType<A["openStream"]
    * Opens a stream on the next agent that can take one. Returns `undefined` with the errors of
    * every agent tried when none could (or none is connected).
    */
-  openStream(): { stream: S; agent: A } | { stream: undefined; errors: Error[] } {
+  async openStream(): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
     const errors: Error[] = [];
-    for (let tried = 0; tried < this.#agents.length; tried++) {
+    const candidates = this.#agents.length;
+    for (let tried = 0; tried < candidates && this.#agents.length > 0; tried++) {
+      this.#next %= this.#agents.length;
       const agent = this.#agents[this.#next];
       this.#next = (this.#next + 1) % this.#agents.length;
       try {
-        return { stream: agent.openStream() as S, agent };
+        return { stream: await agent.openStream(), agent };
       } catch (err) {
         errors.push(err as Error);
       }

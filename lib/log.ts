@@ -85,3 +85,42 @@ export function setupLogging(role: string, options: { verbosity: number; format?
   });
   return getLogger(["quic-tunnel", role]);
 }
+
+/**
+ * Lets at most `limit` events a window through to the log and counts the rest, so that a flood of
+ * refusals (a stranger's handshakes) costs a line now and then instead of a line each.
+ */
+export class LogThrottle {
+  readonly #limit: number;
+  readonly #windowMs: number;
+  readonly #now: () => number;
+  #windowStart = Number.NEGATIVE_INFINITY;
+  #passed = 0;
+  #suppressed = 0;
+
+  constructor(options: { limit: number; windowMs: number; now?: () => number }) {
+    this.#limit = options.limit;
+    this.#windowMs = options.windowMs;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /**
+   * True when this event may be logged. When a new window starts, `onSuppressed` first hears how
+   * many events the last one held back.
+   */
+  allow(onSuppressed: (count: number) => void): boolean {
+    const now = this.#now();
+    if (now - this.#windowStart >= this.#windowMs) {
+      if (this.#suppressed > 0) onSuppressed(this.#suppressed);
+      this.#windowStart = now;
+      this.#passed = 0;
+      this.#suppressed = 0;
+    }
+    if (this.#passed < this.#limit) {
+      this.#passed++;
+      return true;
+    }
+    this.#suppressed++;
+    return false;
+  }
+}

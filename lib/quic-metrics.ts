@@ -4,7 +4,7 @@
  * @module
  */
 import { Counter, Gauge, type Registry } from "./metrics.ts";
-import type { ConnectionStats, QuicConnection } from "./quic/mod.ts";
+import type { ConnectionStats, QuicConnection, QuicServer } from "./quic/mod.ts";
 
 /** Registers RTT, congestion window, stream and packet series for the connections `list` returns. */
 export function registerQuicMetrics(registry: Registry, list: () => Iterable<QuicConnection>): void {
@@ -41,5 +41,18 @@ export function registerQuicMetrics(registry: Registry, list: () => Iterable<Qui
     "quic_tunnel_quic_packets_lost_total",
     "QUIC packets declared lost, per peer.",
     per((_, stats) => stats.packetsLost),
+  );
+}
+
+/** Registers the QUIC server's handshake series: handshakes under way, Initials refused by reason. */
+export function registerQuicServerMetrics(registry: Registry, server: QuicServer): void {
+  new Gauge(registry, "quic_tunnel_quic_handshakes_in_progress", "QUIC handshakes under way on the server.", () => [
+    [{}, server.stats().handshakesInProgress],
+  ]);
+  new Counter(
+    registry,
+    "quic_tunnel_quic_initials_refused_total",
+    "QUIC Initial packets dropped before a handshake began, by reason (invalid_token, handshake_limit, address_limit, ...).",
+    () => Object.entries(server.stats().refused).map(([reason, count]) => [{ reason }, count]),
   );
 }

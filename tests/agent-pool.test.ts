@@ -10,42 +10,43 @@ class FakeAgent {
     this.name = name;
     this.full = full;
   }
-  openStream(): string {
+  async openStream(): Promise<string> {
     if (this.full) throw new Error(`${this.name} is at its stream limit`);
     this.opened++;
     return `${this.name}#${this.opened}`;
   }
 }
 
-test("round-robin over agents", () => {
+test("round-robin over agents", async () => {
   const pool = new AgentPool<FakeAgent, string>();
   const [a, b, c] = [new FakeAgent("a"), new FakeAgent("b"), new FakeAgent("c")];
   for (const agent of [a, b, c]) pool.add(agent);
-  const names = Array.from({ length: 6 }, () => pool.openStream().stream);
+  const names: Array<string | undefined> = [];
+  for (let i = 0; i < 6; i++) names.push((await pool.openStream()).stream);
   assert.deepEqual(names, ["a#1", "b#1", "c#1", "a#2", "b#2", "c#2"]);
 });
 
-test("skips an agent that cannot open a stream and reports when none can", () => {
+test("skips an agent that cannot open a stream and reports when none can", async () => {
   const pool = new AgentPool<FakeAgent, string>();
   const [a, b] = [new FakeAgent("a", true), new FakeAgent("b")];
   pool.add(a);
   pool.add(b);
-  assert.equal(pool.openStream().stream, "b#1");
+  assert.equal((await pool.openStream()).stream, "b#1");
   b.full = true;
-  const none = pool.openStream();
+  const none = await pool.openStream();
   assert.equal(none.stream, undefined);
   assert.ok("errors" in none && none.errors.length === 2);
 });
 
-test("removal keeps the rotation fair and an empty pool answers nothing", () => {
+test("removal keeps the rotation fair and an empty pool answers nothing", async () => {
   const pool = new AgentPool<FakeAgent, string>();
-  assert.equal(pool.openStream().stream, undefined);
+  assert.equal((await pool.openStream()).stream, undefined);
   const [a, b, c] = [new FakeAgent("a"), new FakeAgent("b"), new FakeAgent("c")];
   for (const agent of [a, b, c]) pool.add(agent);
-  pool.openStream();
-  pool.openStream();
+  await pool.openStream();
+  await pool.openStream();
   pool.remove(b);
   pool.remove(new FakeAgent("unknown"));
   assert.equal(pool.size, 2);
-  assert.deepEqual([pool.openStream().stream, pool.openStream().stream], ["c#1", "a#2"]);
+  assert.deepEqual([(await pool.openStream()).stream, (await pool.openStream()).stream], ["c#1", "a#2"]);
 });

@@ -34,7 +34,7 @@ export const SLOW_TRANSPORT: string | undefined =
  * The QUIC engines the roles can use on this runtime: both on Bun (which has node:quic), quiche
  * elsewhere. Tests that carry traffic run once per engine.
  */
-export const ENGINES: EngineName[] = (await hasNodeQuic()) ? ["quiche"] : ["quiche"];
+export const ENGINES: EngineName[] = (await hasNodeQuic()) ? ["node-quic", "quiche"] : ["quiche"];
 
 /** A JavaScript runtime that can run the role scripts. */
 export type Runtime = { kind: "bun" | "node" | "deno"; path: string };

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { LogRecord } from "@logtape/logtape";
-import { formatJson, formatLine, levelForVerbosity } from "../lib/log.ts";
+import { formatJson, formatLine, LogThrottle, levelForVerbosity } from "../lib/log.ts";
 
 const record: LogRecord = {
   category: ["quic-tunnel", "server"],
@@ -34,4 +34,23 @@ test("JSON lines carry stable keys and every property", () => {
     agents: 2,
     error: "boom",
   });
+});
+
+test("the throttle lets a few events a window through and reports how many it held back", () => {
+  let now = 0;
+  const throttle = new LogThrottle({ limit: 2, windowMs: 1000, now: () => now });
+  const held: number[] = [];
+  const allowed = Array.from({ length: 5 }, () => throttle.allow((count) => held.push(count)));
+  assert.deepEqual(allowed, [true, true, false, false, false]);
+  now = 999;
+  assert.equal(
+    throttle.allow((count) => held.push(count)),
+    false,
+  );
+  now = 1000;
+  assert.equal(
+    throttle.allow((count) => held.push(count)),
+    true,
+  );
+  assert.deepEqual(held, [4]);
 });

@@ -28,7 +28,8 @@ export abstract class BaseConnection extends EventEmitter<ConnectionEvents> impl
 
   abstract readonly closed: boolean;
   abstract readonly streamCount: number;
-  abstract openStream(): QuicStream;
+  abstract readonly incomingStreamLimit: number;
+  abstract openStream(): Promise<QuicStream>;
   abstract close(code?: number, reason?: string): void;
   abstract stats(): ConnectionStats;
 

@@ -27,9 +27,24 @@ export async function hasNodeQuic(): Promise<boolean> {
   }
 }
 
-/** The engine `auto` picks here: `node-quic` where the runtime has it, `quiche` elsewhere. */
+/** True when the quiche addon loads here (linux-x64, outside the arm64 builds). */
+export async function hasQuiche(): Promise<boolean> {
+  try {
+    await import("./quiche/mod.ts");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The engine `auto` picks here: quiche where its addon loads, `node-quic` elsewhere. Measured on
+ * Bun 1.4.5 (see README): its node:quic buffers everything a peer sends to a stream that is not
+ * read, without limit, so only quiche holds a fast sender back for a slow reader.
+ */
 export async function autoEngine(): Promise<EngineName> {
-  return "quiche";
+  if (await hasQuiche()) return "quiche";
+  return (await hasNodeQuic()) ? "node-quic" : "quiche";
 }
 
 /** Loads the engine named by `choice`; rejects with a QuicError when this runtime cannot run it. */

@@ -69,11 +69,13 @@ export interface QuicConnection extends EventEmitter<ConnectionEvents> {
   readonly closed: boolean;
   /** Streams open now. */
   readonly streamCount: number;
+  /** Streams the peer may have open towards this side at once (what this side granted it). */
+  readonly incomingStreamLimit: number;
   /**
-   * Opens a bidirectional stream. Throws a {@link QuicError} when the connection is not usable or
-   * the peer's stream limit is reached, so a caller can try another connection or answer 503.
+   * Opens a bidirectional stream. Rejects with a {@link QuicError} when the connection is not usable
+   * or the peer's stream limit is reached, so a caller can try another connection or answer 503.
    */
-  openStream(): QuicStream;
+  openStream(): Promise<QuicStream>;
   /** Closes with an application error code and reason; open streams end with an error. */
   close(code?: number, reason?: string): void;
   /** Path and traffic figures. */

@@ -1,13 +1,13 @@
 /**
- * Placeholder until the node:quic engine lands.
+ * The node-quic engine: the runtime's built-in `node:quic` (Bun 1.4.5 implements it natively on
+ * lsquic; Node's release builds compile it out and Deno has none). It needs no native addon, so it
+ * is the engine of the linux-arm64 builds.
  *
  * @module
  */
-import { QuicError } from "../errors.ts";
 import type { QuicEngine } from "../types.ts";
+import { connect } from "./client.ts";
+import { listen } from "./server.ts";
 
-export const nodeQuicEngine: QuicEngine = {
-  name: "node-quic",
-  connect: () => Promise.reject(new QuicError("not yet")),
-  listen: () => Promise.reject(new QuicError("not yet")),
-};
+/** The node-quic engine. */
+export const nodeQuicEngine: QuicEngine = { name: "node-quic", connect, listen };

@@ -11,6 +11,7 @@ import { describeClose, QuicError, tlsAlertCode } from "../errors.ts";
 import type { ConnectionStats, TransportOptions } from "../types.ts";
 import type { Connection, ConnectionError } from "./binding.ts";
 import type { PacketProducer } from "./datagram.ts";
+import { packetsInDatagram } from "./packet.ts";
 import { QuicheStream, type StreamHost } from "./stream.ts";
 
 /** Addresses of a received datagram, as quiche wants them (IP literals, exact matches). */
@@ -47,36 +48,18 @@ function flushDirty(): void {
   flushScheduled = false;
   const connections = [...dirty];
   dirty.clear();
-  for (const connection of connections) connection.flush();
-}
-
-/** Counts the QUIC packets coalesced in a datagram and says whether the last has a short header. */
-export function packetsInDatagram(datagram: Uint8Array): { count: number; lastIsShort: boolean } {
-  let offset = 0;
-  let count = 0;
-  const varint = (at: number): [value: number, next: number] => {
-    const length = 1 << (datagram[at] >> 6);
-    let value = datagram[at] & 0x3f;
-    for (let i = 1; i < length; i++) value = value * 256 + datagram[at + i];
-    return [value, at + length];
-  };
-  while (offset < datagram.length) {
-    const first = datagram[offset];
-    count++;
-    if ((first & 0x80) === 0) return { count, lastIsShort: true };
-    let at = offset + 5;
-    at += 1 + datagram[at];
-    at += 1 + datagram[at];
-    const type = (first & 0x30) >> 4;
-    if (type === 3 || at >= datagram.length) return { count, lastIsShort: false };
-    if (type === 0) {
-      const [tokenLength, next] = varint(at);
-      at = next + tokenLength;
+  for (const connection of connections) {
+    // Stream events run their listeners inside the flush: one that throws must not leave the other
+    // connections unflushed (they would stall). Its error is rethrown on its own.
+    try {
+      connection.flush();
+    } catch (err) {
+      scheduleFlush(connection);
+      queueMicrotask(() => {
+        throw err;
+      });
     }
-    const [length, next] = varint(at);
-    offset = next + length;
   }
-  return { count, lastIsShort: false };
 }
 
 /** Options of a {@link QuicheConnection}. */
@@ -152,6 +135,10 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     return this.#streams.size;
   }
 
+  get incomingStreamLimit(): number {
+    return this.#options.maxStreams;
+  }
+
   /** Feeds one received datagram to quiche; the work it causes happens in the next flush. */
   receive(datagram: Uint8Array, path: PathInfo): void {
     if (this.closed) return;
@@ -173,7 +160,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     scheduleFlush(this);
   }
 
-  openStream(): QuicheStream {
+  async openStream(): Promise<QuicheStream> {
     if (!this.established || this.closed || this.native.isDraining()) {
       throw new QuicError(`QUIC connection to ${this.peer} is not open`);
     }

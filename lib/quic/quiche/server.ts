@@ -18,6 +18,7 @@ import { type Config, type Connection, quiche } from "./binding.ts";
 import { buildConfig } from "./config.ts";
 import { type PathInfo, QuicheConnection } from "./connection.ts";
 import { bindDatagramSocket, type DatagramSocket, type DatagramSource, MAX_DATAGRAM } from "./datagram.ts";
+import { PacketType, parseLongHeader } from "./packet.ts";
 import { RetryTokens } from "./retry-token.ts";
 
 const CID_LENGTH = 20;
@@ -79,19 +80,16 @@ export class QuicheServer extends EventEmitter<ServerEvents> implements QuicServ
       this.#connections.get(datagram.toString("hex", 1, 1 + CID_LENGTH))?.receive(datagram, path);
       return;
     }
-    let header: ReturnType<typeof quiche.Header.fromSlice>;
-    try {
-      header = quiche.Header.fromSlice(datagram, CID_LENGTH);
-    } catch {
-      return;
-    }
-    const dcid = Buffer.from(header.dcid);
-    const existing = this.#connections.get(dcid.toString("hex"));
+    // Parsed here rather than by quiche: a flood of Initials must cost as little as possible each.
+    const header = parseLongHeader(datagram);
+    if (header === undefined) return;
+    // The destination connection ID starts at byte 6 of a long header.
+    const existing = this.#connections.get(datagram.toString("hex", 6, 6 + header.dcid.length));
     if (existing) {
       existing.receive(datagram, path);
       return;
     }
-    if (header.ty !== quiche.Type.Initial) return;
+    if (header.type !== PacketType.Initial) return;
     if (!quiche.versionIsSupported(header.version)) {
       const length = quiche.negotiateVersion(header.scid, header.dcid, this.#sendBuffer);
       this.#socket.sendTo(this.#sendBuffer.subarray(0, length), source.address, source.port);
@@ -105,19 +103,19 @@ export class QuicheServer extends EventEmitter<ServerEvents> implements QuicServ
     let scid: Buffer;
     let originalDcid: Buffer | null = null;
     if (this.#retry) {
-      if (!header.token || header.token.length === 0) {
+      if (header.token.length === 0) {
         const retryScid = randomBytes(CID_LENGTH);
-        const token = this.#tokens.mint(address, dcid, retryScid);
+        const token = this.#tokens.mint(address, header.dcid, retryScid);
         const length = quiche.retry(header.scid, header.dcid, retryScid, token, header.version, this.#sendBuffer);
         this.#socket.sendTo(this.#sendBuffer.subarray(0, length), source.address, source.port);
         return;
       }
-      originalDcid = this.#tokens.validate(header.token, address, dcid) ?? null;
+      originalDcid = this.#tokens.validate(header.token, address, header.dcid) ?? null;
       if (originalDcid === null) {
         this.#refuse("invalid_token");
         return;
       }
-      scid = dcid;
+      scid = Buffer.from(header.dcid);
     } else {
       scid = randomBytes(CID_LENGTH);
     }
@@ -126,7 +124,7 @@ export class QuicheServer extends EventEmitter<ServerEvents> implements QuicServ
       this.#refuse(handshakeOver);
       return;
     }
-    this.#accept({ scid, originalDcid, dcid }, datagram, path, handshakeOver);
+    this.#accept({ scid, originalDcid, dcid: Buffer.from(header.dcid) }, datagram, path, handshakeOver);
   }
 
   #accept(

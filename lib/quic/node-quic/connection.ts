@@ -1,0 +1,186 @@
+/**
+ * A `node:quic` session as a {@link QuicConnection}.
+ *
+ * @module
+ */
+import type { QuicStream as NodeStream, QuicSession } from "node:quic";
+import { BaseConnection } from "../connection.ts";
+import { describeClose, QuicError } from "../errors.ts";
+import type { ConnectionStats, QuicStream } from "../types.ts";
+import { bunSession } from "./bun.ts";
+import { NodeQuicStream, type StreamOwner } from "./stream.ts";
+
+const NS_PER_MS = 1_000_000;
+/** How long a new stream waits for the peer's stream credit before it counts as a limit reached. */
+const CREDIT_WAIT_MS = 250;
+/**
+ * Bun's node:quic reads whatever the peer sends into memory whether or not anyone reads it (no
+ * flow control towards a slow reader), so a stream or connection that holds more than this for a
+ * reader that does not keep up is reset: memory stays bounded at the cost of that tunnel.
+ */
+const STREAM_BUFFER_LIMIT = 16 << 20;
+const CONNECTION_BUFFER_LIMIT = 64 << 20;
+const BUFFER_CHECK_MS = 100;
+
+/** Resolves true once `stream` has an id, or false after `ms`. */
+async function idWithin(stream: NodeStream, ms: number): Promise<boolean> {
+  const deadline = performance.now() + ms;
+  while (stream.id === null && !stream.destroyed && performance.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+  return stream.id !== null;
+}
+
+/** Turns the error a node:quic session ended with into a QuicError in the quiche engine's words. */
+export function describeSessionError(err: unknown, peer: string, by: "peer" | "local"): QuicError {
+  const error = err as { errorCode?: bigint; type?: string; reason?: string; message?: string };
+  if (typeof error?.errorCode === "bigint") {
+    const code = Number(error.errorCode);
+    const reason = error.reason ?? /: (.*)$/.exec(error.message ?? "")?.[1];
+    const what = describeClose({ isApp: error.type === "application", code, reason: reason === "" ? undefined : reason });
+    return new QuicError(by === "peer" ? `closed by peer ${peer}: ${what}` : `closed locally: ${what}`, { code, cause: err });
+  }
+  return new QuicError(`QUIC connection to ${peer}: ${error?.message ?? err}`, { cause: err });
+}
+
+/** One node:quic session, established, with a verified peer certificate. */
+export class NodeQuicConnection extends BaseConnection implements StreamOwner {
+  readonly #session: QuicSession;
+  readonly #streams = new Set<NodeQuicStream>();
+  /** The streams of {@link #streams} this side opened. */
+  readonly #opened = new Set<NodeQuicStream>();
+  readonly #maxOpenedStreams: number;
+  readonly #incomingStreamLimit: number;
+  #closedLocally = false;
+  #lost: QuicError | undefined;
+  #bufferCheck: ReturnType<typeof setInterval>;
+  closed = false;
+
+  /**
+   * `maxOpenedStreams` bounds the streams this side opens at once (the peer's credit);
+   * `incomingStreamLimit` is what this side granted the peer.
+   */
+  constructor(session: QuicSession, options: { peer: string; maxOpenedStreams: number; incomingStreamLimit: number }) {
+    super(options.peer);
+    this.#session = session;
+    this.#maxOpenedStreams = options.maxOpenedStreams;
+    this.#incomingStreamLimit = options.incomingStreamLimit;
+    this.setPeerCertificate(session.peerCertificate?.raw);
+    session.closed.then(
+      () => this.#onClosed(undefined),
+      (err) => this.#onClosed(err),
+    );
+    this.#bufferCheck = setInterval(() => this.#limitBuffers(), BUFFER_CHECK_MS);
+    this.#bufferCheck.unref?.();
+  }
+
+  get streamCount(): number {
+    return this.#streams.size;
+  }
+
+  get incomingStreamLimit(): number {
+    return this.#incomingStreamLimit;
+  }
+
+  /** Takes a stream the peer opened. */
+  accept(stream: NodeStream): void {
+    if (this.closed) {
+      stream.destroy();
+      return;
+    }
+    this.announceStream(this.#track(stream, false));
+  }
+
+  async openStream(): Promise<QuicStream> {
+    if (this.closed || this.#session.destroyed || this.#session.closing) throw new QuicError(`QUIC connection to ${this.peer} is not open`);
+    if (this.#opened.size >= this.#maxOpenedStreams) throw new QuicError(`stream limit reached on QUIC connection to ${this.peer}`);
+    let stream: NodeStream;
+    try {
+      stream = await this.#session.createBidirectionalStream();
+    } catch (err) {
+      throw new QuicError(`cannot open a stream on the QUIC connection to ${this.peer}: ${(err as Error).message}`, { cause: err });
+    }
+    // A stream without an id waits for the peer's stream credit. lsquic returns credit in batches,
+    // so it may come within milliseconds; a tunnel waits that long, not for as long as it takes.
+    if (stream.id === null && !(await idWithin(stream, CREDIT_WAIT_MS))) {
+      stream.destroy();
+      throw new QuicError(`stream limit reached on QUIC connection to ${this.peer}`);
+    }
+    return this.#track(stream, true);
+  }
+
+  close(code = 0, reason = ""): void {
+    if (this.closed || this.#closedLocally) return;
+    this.#closedLocally = true;
+    this.#lost ??= new QuicError(`closed locally: ${describeClose({ isApp: true, code, reason })}`, { code });
+    // Destroying with the code tells the peer at once; a graceful close() waits about a second.
+    this.#session.destroy(undefined, { code: BigInt(code), type: "application", reason });
+  }
+
+  stats(): ConnectionStats {
+    const stats = bunSession(this.#session).stats;
+    return {
+      rttMs: Number(stats.smoothedRtt) / NS_PER_MS,
+      cwndBytes: Number(stats.cwnd),
+      packetsSent: Number(stats.pktSent),
+      packetsReceived: Number(stats.pktRecv),
+      packetsLost: Number(stats.pktLost),
+      bytesSent: Number(stats.bytesSent),
+      bytesReceived: Number(stats.bytesReceived),
+    };
+  }
+
+  lostReason(): QuicError | undefined {
+    if (this.#lost === undefined && (this.#session.destroyed || this.#session.closing)) {
+      this.#lost = new QuicError(`QUIC connection to ${this.peer} is closing`);
+    }
+    return this.#lost;
+  }
+
+  forget(stream: NodeQuicStream): void {
+    this.#streams.delete(stream);
+    this.#opened.delete(stream);
+  }
+
+  #track(stream: NodeStream, local: boolean): NodeQuicStream {
+    const wrapped = new NodeQuicStream(stream, this);
+    this.#streams.add(wrapped);
+    if (local) this.#opened.add(wrapped);
+    return wrapped;
+  }
+
+  /** Resets the streams whose unread data is over the limits, the fullest first. */
+  #limitBuffers(): void {
+    const held = [...this.#streams].map((stream) => [stream, stream.buffered] as const).filter(([, bytes]) => bytes > 0);
+    let total = held.reduce((sum, [, bytes]) => sum + bytes, 0);
+    held.sort((a, b) => b[1] - a[1]);
+    for (const [stream, bytes] of held) {
+      if (bytes <= STREAM_BUFFER_LIMIT && total <= CONNECTION_BUFFER_LIMIT) break;
+      total -= bytes;
+      stream.destroy(
+        new QuicError(
+          `stream ${stream.id}: ${bytes} bytes wait for a reader that does not keep up (node:quic cannot hold the sender back)`,
+        ),
+      );
+    }
+  }
+
+  #onClosed(err: unknown): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.#bufferCheck);
+    // node:quic resolves `closed` without an error when the peer went silent (idle timeout).
+    const error = this.#closedLocally
+      ? err === undefined
+        ? undefined
+        : describeSessionError(err, this.peer, "local")
+      : err === undefined
+        ? new QuicError(`QUIC connection to ${this.peer} timed out or was closed by the peer`)
+        : describeSessionError(err, this.peer, "peer");
+    this.#lost ??= error ?? new QuicError(`QUIC connection to ${this.peer} closed`);
+    for (const stream of [...this.#streams]) {
+      stream.destroy(new QuicError(`QUIC connection to ${this.peer} closed${error ? `: ${error.message}` : ""}`));
+    }
+    this.emit("close", error);
+  }
+}
