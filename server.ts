@@ -59,6 +59,12 @@ const flags = parseCommandLine(
     "tcp-client-ca-file": { kind: "string", value: "path", help: "Require TCP clients to present a certificate this CA signed." },
     "listen-uds": { kind: "string", value: "path", help: "Also accept CONNECT clients on this Unix domain socket." },
     "quic-retry": { kind: "bool", default: "true", help: "Validate agent addresses with a stateless QUIC Retry before keeping state." },
+    "agent-wait": {
+      kind: "duration",
+      value: "dur",
+      default: "5s",
+      help: "How long a client waits for an agent with a free stream (agents at their limit open more connections) before 503.",
+    },
     ...TRANSPORT_FLAGS,
     ...COMMON_FLAGS,
   },
@@ -102,8 +108,7 @@ const quic = await engine
   .catch((err) => exitWithError("quic-server", err));
 quic.on("connection", (agent) => {
   if (!identityAllowed(agent.peerCertificate)) {
-    agentsRejected.inc();
-    log.warn("rejected agent {peer}: certificate {subject} is not among --agent-subject", { peer: agent.peer, subject: agent.peerSubject });
+    rejectAgent(agent.peer, `certificate ${agent.peerSubject} is not among --agent-subject`);
     agent.close(AGENT_NOT_ALLOWED, "agent identity not allowed");
     return;
   }
@@ -119,11 +124,12 @@ quic.on("connection", (agent) => {
 // bounded rate, and Initials dropped before any handshake as one summary line every 10 s.
 registerQuicServerMetrics(registry, quic);
 const rejectedLog = new LogThrottle({ limit: 10, windowMs: 10_000 });
-quic.on("rejected", (peer, error) => {
+function rejectAgent(peer: string, reason: string): void {
   agentsRejected.inc();
-  const allowed = rejectedLog.allow((count) => log.warn("{count} more agent handshakes were rejected and not logged", { count }));
-  if (allowed) log.warn("rejected agent {peer}: {reason}", { peer, reason: error?.message ?? "handshake failed" });
-});
+  const allowed = rejectedLog.allow((count) => log.warn("{count} more rejected agents were not logged", { count }));
+  if (allowed) log.warn("rejected agent {peer}: {reason}", { peer, reason });
+}
+quic.on("rejected", (peer, error) => rejectAgent(peer, error?.message ?? "handshake failed"));
 let refusedBefore: Record<string, number> = {};
 setInterval(() => {
   const refused = quic.stats().refused;
@@ -180,7 +186,8 @@ async function onClient(socket: Duplex & { remoteAddress?: string; remotePort?: 
     replyAndClose(socket, 503, { reason: `server tunnel limit (${tunnels.max}) reached` });
     return;
   }
-  const opened = await agents.openStream();
+  // Agents at their stream limit open more connections: wait a moment for room before a 503.
+  const opened = await agents.openStream({ waitMs: flags["agent-wait"] });
   if (opened.stream === undefined) {
     const reason =
       agents.size === 0
@@ -195,6 +202,7 @@ async function onClient(socket: Duplex & { remoteAddress?: string; remotePort?: 
   const started = performance.now();
   log.trace("client {client} -> agent {agent} stream {stream}", { client, agent: agent.peer, stream: stream.id });
   void tunnels.track(pipeBoth(socket, stream, { idleTimeoutMs: flags["tunnel-idle-timeout"] })).then((result) => {
+    agents.roomMade();
     const fields = {
       client,
       agent: agent.peer,

@@ -1,5 +1,7 @@
 /**
- * The server's set of connected agents, handing out streams round-robin.
+ * The server's set of connected agents, handing out streams round-robin. When every agent is at
+ * its stream limit, a new stream waits (bounded) for room: an agent frees a stream or connects
+ * (agents dial more connections as they fill up), rather than the client getting 503 at once.
  *
  * @module
  */
@@ -16,6 +18,9 @@ export interface StreamOpener<S> {
 export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["openStream"]>>> {
   #agents: A[] = [];
   #next = 0;
+  #waiters = new Set<() => void>();
+  /** Counts {@link roomMade} calls, so that room made during an attempt is not missed. */
+  #roomEvents = 0;
 
   /** Number of connected agents. */
   get size(): number {
@@ -30,6 +35,14 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
   /** Adds an agent that completed its handshake. */
   add(agent: A): void {
     this.#agents.push(agent);
+    this.roomMade();
+  }
+
+  /** Tells streams waiting for room to try again (a stream ended, an agent joined). */
+  roomMade(): void {
+    this.#roomEvents++;
+    for (const wake of this.#waiters) wake();
+    this.#waiters.clear();
   }
 
   /** Removes an agent whose connection ended; unknown agents are ignored. */
@@ -42,10 +55,31 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
   }
 
   /**
-   * Opens a stream on the next agent that can take one. Returns `undefined` with the errors of
-   * every agent tried when none could (or none is connected).
+   * Opens a stream on the next agent that can take one, waiting up to `waitMs` for room when every
+   * agent is at its limit. Returns `undefined` with the errors of the last round when none could
+   * (or none is connected).
    */
-  async openStream(): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
+  async openStream(options: { waitMs?: number } = {}): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
+    const deadline = performance.now() + (options.waitMs ?? 0);
+    for (;;) {
+      const roomEvents = this.#roomEvents;
+      const opened = await this.#tryEach();
+      if (opened.stream !== undefined || this.#agents.length === 0) return opened;
+      const left = deadline - performance.now();
+      if (left <= 0) return opened;
+      if (roomEvents !== this.#roomEvents) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, left);
+        function done() {
+          clearTimeout(timer);
+          resolve();
+        }
+        this.#waiters.add(done);
+      });
+    }
+  }
+
+  async #tryEach(): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
     const errors: Error[] = [];
     const candidates = this.#agents.length;
     for (let tried = 0; tried < candidates && this.#agents.length > 0; tried++) {

@@ -78,6 +78,8 @@ export async function startAgentRole(
       transport: { ...transport, keepAliveMs: flags["keep-alive"] },
       backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },
       log,
+      // Enough connections for --max-tunnels where a connection takes only 100 (node-quic).
+      maxConnections: Math.min(100, Math.max(1, Math.ceil((flags["max-tunnels"] || 10_000) / 100))),
     },
     (stream) => {
       if (!draining) return options.serve(stream, role);
@@ -86,15 +88,18 @@ export async function startAgentRole(
     },
   );
   new Gauge(registry, "quic_tunnel_server_connected", "1 while the agent is connected to the server.", () => [
-    [{}, agent.connection ? 1 : 0],
+    [{}, agent.connections.length > 0 ? 1 : 0],
   ]);
-  registerQuicMetrics(registry, () => (agent.connection ? [agent.connection] : []));
+  new Gauge(registry, "quic_tunnel_server_connections", "QUIC connections to the server (more are opened under load).", () => [
+    [{}, agent.connections.length],
+  ]);
+  registerQuicMetrics(registry, () => agent.connections);
 
   const admin = flags["admin-addr"];
   if (admin) {
     const { port } = await startAdmin(admin, {
       registry,
-      notReady: () => (draining ? "shutting down" : agent.connection ? undefined : "not connected to the server"),
+      notReady: () => (draining ? "shutting down" : agent.connections.length > 0 ? undefined : "not connected to the server"),
     }).catch((err) => exitWithError(name, err));
     log.info("admin endpoint on {address}", { address: `${admin.host}:${port}` });
   }
@@ -103,7 +108,7 @@ export async function startAgentRole(
     graceMs: flags["shutdown-grace"],
     drain: async (graceMs) => {
       draining = true;
-      agent.goAway();
+      await agent.goAway();
       if (!(await tunnels.whenIdle(graceMs)))
         log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
       agent.stop();

@@ -33,11 +33,17 @@ function quote(value: unknown): string {
   return /^[^\s"=]*$/.test(text ?? "") ? String(text) : JSON.stringify(text);
 }
 
+/** A value inside a message reads as itself: text as text, an error as its message. */
+function plain(value: unknown): string {
+  if (value instanceof Error) return value.message;
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
 function renderMessage(record: LogRecord): string {
   let message = "";
   for (let i = 0; i < record.message.length; i++) {
     const part = record.message[i];
-    message += i % 2 === 0 ? String(part) : quote(part);
+    message += i % 2 === 0 ? String(part) : plain(part);
   }
   return message;
 }

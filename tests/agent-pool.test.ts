@@ -50,3 +50,23 @@ test("removal keeps the rotation fair and an empty pool answers nothing", async 
   assert.equal(pool.size, 2);
   assert.deepEqual([(await pool.openStream()).stream, (await pool.openStream()).stream], ["c#1", "a#2"]);
 });
+
+test("when every agent is full, a stream waits for room and gets it once an agent frees one", async () => {
+  const pool = new AgentPool<FakeAgent, string>();
+  const agent = new FakeAgent("a", true);
+  pool.add(agent);
+  const waiting = pool.openStream({ waitMs: 5_000 });
+  agent.full = false;
+  pool.roomMade();
+  assert.equal((await waiting).stream, "a#1");
+});
+
+test("a stream waits no longer than asked, then reports every agent's refusal", async () => {
+  const pool = new AgentPool<FakeAgent, string>();
+  pool.add(new FakeAgent("a", true));
+  const started = performance.now();
+  const none = await pool.openStream({ waitMs: 100 });
+  assert.equal(none.stream, undefined);
+  assert.ok(performance.now() - started >= 95);
+  assert.ok("errors" in none && /stream limit/.test(none.errors[0].message));
+});

@@ -12,7 +12,7 @@ import { NodeQuicStream, type StreamOwner } from "./stream.ts";
 
 const NS_PER_MS = 1_000_000;
 /** How long a new stream waits for the peer's stream credit before it counts as a limit reached. */
-const CREDIT_WAIT_MS = 250;
+const CREDIT_WAIT_MS = 1000;
 /**
  * Bun's node:quic reads whatever the peer sends into memory whether or not anyone reads it (no
  * flow control towards a slow reader), so a stream or connection that holds more than this for a
@@ -21,6 +21,8 @@ const CREDIT_WAIT_MS = 250;
 const STREAM_BUFFER_LIMIT = 16 << 20;
 const CONNECTION_BUFFER_LIMIT = 64 << 20;
 const BUFFER_CHECK_MS = 100;
+/** How long a session whose streams ended without FINs gets to report its own close. */
+const LOST_SESSION_GRACE_MS = 1000;
 
 /** Resolves true once `stream` has an id, or false after `ms`. */
 async function idWithin(stream: NodeStream, ms: number): Promise<boolean> {
@@ -31,16 +33,26 @@ async function idWithin(stream: NodeStream, ms: number): Promise<boolean> {
   return stream.id !== null;
 }
 
-/** Turns the error a node:quic session ended with into a QuicError in the quiche engine's words. */
-export function describeSessionError(err: unknown, peer: string, by: "peer" | "local"): QuicError {
+/**
+ * Turns the error a node:quic session ended with into a QuicError in the quiche engine's words:
+ * `by` says who ended it, or that it was a handshake this side refused.
+ */
+export function describeSessionError(err: unknown, peer: string, by: "peer" | "local" | "handshake"): QuicError {
   const error = err as { errorCode?: bigint; type?: string; reason?: string; message?: string };
-  if (typeof error?.errorCode === "bigint") {
-    const code = Number(error.errorCode);
-    const reason = error.reason ?? /: (.*)$/.exec(error.message ?? "")?.[1];
-    const what = describeClose({ isApp: error.type === "application", code, reason: reason === "" ? undefined : reason });
-    return new QuicError(by === "peer" ? `closed by peer ${peer}: ${what}` : `closed locally: ${what}`, { code, cause: err });
+  if (typeof error?.errorCode !== "bigint") return new QuicError(`QUIC connection to ${peer}: ${error?.message ?? err}`, { cause: err });
+  const code = Number(error.errorCode);
+  const reason = error.reason ?? /: (.*)$/.exec(error.message ?? "")?.[1] ?? "";
+  // Code 0 with a reason is this side's own certificate check failing, not the peer's word.
+  if (code === 0 && /certificate|hostname/i.test(reason)) {
+    return new QuicError(`certificate of ${peer} refused: ${reason}`, { code, cause: err });
   }
-  return new QuicError(`QUIC connection to ${peer}: ${error?.message ?? err}`, { cause: err });
+  const what = describeClose({
+    isApp: error.type === "application",
+    code,
+    reason: reason === "handshake failed" ? undefined : reason || undefined,
+  });
+  const text = { peer: `closed by peer ${peer}: ${what}`, local: `closed locally: ${what}`, handshake: `handshake failed: ${what}` }[by];
+  return new QuicError(text, { code, cause: err });
 }
 
 /** One node:quic session, established, with a verified peer certificate. */
@@ -92,7 +104,9 @@ export class NodeQuicConnection extends BaseConnection implements StreamOwner {
   }
 
   async openStream(): Promise<QuicStream> {
-    if (this.closed || this.#session.destroyed || this.#session.closing) throw new QuicError(`QUIC connection to ${this.peer} is not open`);
+    if (this.closed || this.#lost || this.#session.destroyed || this.#session.closing) {
+      throw new QuicError(`QUIC connection to ${this.peer} is not open`);
+    }
     if (this.#opened.size >= this.#maxOpenedStreams) throw new QuicError(`stream limit reached on QUIC connection to ${this.peer}`);
     let stream: NodeStream;
     try {
@@ -128,6 +142,17 @@ export class NodeQuicConnection extends BaseConnection implements StreamOwner {
       bytesSent: Number(stats.bytesSent),
       bytesReceived: Number(stats.bytesReceived),
     };
+  }
+
+  lost(stream: NodeQuicStream): void {
+    // node:quic reports the session's end a few milliseconds after its streams': from now on no new
+    // stream is opened here and every stream fails. The session's own close, with its reason,
+    // follows; should it not, the session is ended here after a second.
+    if (this.#lost === undefined) {
+      this.#lost = new QuicError(`QUIC connection to ${this.peer} closed (stream ${stream.id} ended without its FIN)`);
+      setTimeout(() => this.#session.destroy(), LOST_SESSION_GRACE_MS).unref?.();
+    }
+    stream.destroy(this.#lost);
   }
 
   lostReason(): QuicError | undefined {
@@ -169,18 +194,20 @@ export class NodeQuicConnection extends BaseConnection implements StreamOwner {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.#bufferCheck);
-    // node:quic resolves `closed` without an error when the peer went silent (idle timeout).
-    const error = this.#closedLocally
-      ? err === undefined
-        ? undefined
-        : describeSessionError(err, this.peer, "local")
-      : err === undefined
-        ? new QuicError(`QUIC connection to ${this.peer} timed out or was closed by the peer`)
-        : describeSessionError(err, this.peer, "peer");
+    const error = this.#closeReason(err);
     this.#lost ??= error ?? new QuicError(`QUIC connection to ${this.peer} closed`);
     for (const stream of [...this.#streams]) {
       stream.destroy(new QuicError(`QUIC connection to ${this.peer} closed${error ? `: ${error.message}` : ""}`));
     }
     this.emit("close", error);
+  }
+
+  /** Why the session ended, or undefined for a clean close of this side's. */
+  #closeReason(err: unknown): QuicError | undefined {
+    if (this.#closedLocally) return err === undefined ? undefined : describeSessionError(err, this.peer, "local");
+    if (err !== undefined) return describeSessionError(err, this.peer, "peer");
+    // node:quic resolves `closed` without an error when the peer went silent (idle timeout), and
+    // when this side ended a session it found lost.
+    return this.#lost ?? new QuicError(`QUIC connection to ${this.peer} timed out or was closed by the peer`);
   }
 }

@@ -16,6 +16,7 @@ import { describeSessionError, NodeQuicConnection } from "./connection.ts";
 import { serverSessionOptions } from "./options.ts";
 
 const ignore = () => {};
+
 const SOCKET_BUFFER_BYTES = 4 << 20;
 
 /** The server endpoint; see {@link QuicServer}. */
@@ -23,7 +24,6 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
   #endpoint: QuicEndpoint | undefined;
   readonly #transport: TransportOptions;
   readonly #connections = new Set<NodeQuicConnection>();
-  readonly #refused: Record<string, number> = {};
   #handshakes = 0;
 
   constructor(transport: TransportOptions) {
@@ -46,7 +46,16 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
   }
 
   stats(): ServerStats {
-    return { handshakesInProgress: this.#handshakes, refused: { ...this.#refused } };
+    // lsquic refuses packets itself; what it tells about that is its rate limiting and busy state.
+    const stats = this.#endpoint?.stats as unknown as Record<string, bigint> | undefined;
+    const count = (...names: string[]) => names.reduce((sum, name) => sum + Number(stats?.[name] ?? 0n), 0);
+    return {
+      handshakesInProgress: this.#handshakes,
+      refused: {
+        rate_limited: count("retryRateLimited", "versionNegotiationRateLimited", "statelessResetRateLimited", "immediateCloseRateLimited"),
+        busy: count("serverBusyCount"),
+      },
+    };
   }
 
   async close(): Promise<void> {
@@ -62,20 +71,21 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
     // Set before any stream can arrive: a stream nobody takes is reset by node:quic.
     session.onstream = (stream) => (connection ? connection.accept(stream) : stream.destroy());
     session.closed.catch(ignore);
-    const peerOf = () => {
-      const remote = session.path?.remote;
-      return remote ? formatHostPort({ host: remote.address, port: remote.port }) : "unknown peer";
-    };
-    const timer = setTimeout(() => session.destroy(), this.#transport.handshakeTimeoutMs);
+    // Bun tells the peer's address only with a completed handshake (its session.path is empty).
+    let peer = "(address unknown)";
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      session.destroy();
+    }, this.#transport.handshakeTimeoutMs);
     session.opened.then(
       (info) => {
         clearTimeout(timer);
         this.#handshakes--;
-        const peer = peerOf();
+        peer = formatHostPort({ host: info.remote.address, port: info.remote.port });
         // node:quic completes the handshake of a client that sent no certificate, then closes it.
         if (session.peerCertificate === undefined || info.validationErrorReason) {
           session.destroy(undefined, { code: BigInt(tlsAlertCode(116)), reason: "client certificate required" });
-          this.#refuse("no_certificate");
           this.emit("rejected", peer, new QuicError(`peer ${peer} presented no valid client certificate`));
           return;
         }
@@ -92,19 +102,12 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
       (err) => {
         clearTimeout(timer);
         this.#handshakes--;
-        const peer = peerOf();
-        const error =
-          session.destroyed && !(err as { errorCode?: unknown })?.errorCode
-            ? new QuicError(`QUIC handshake with ${peer} timed out after ${this.#transport.handshakeTimeoutMs} ms`)
-            : describeSessionError(err, peer, "local");
-        this.#refuse("handshake_failed");
+        const error = timedOut
+          ? new QuicError(`QUIC handshake with ${peer} timed out after ${this.#transport.handshakeTimeoutMs} ms`)
+          : describeSessionError(err, peer, "handshake");
         this.emit("rejected", peer, error);
       },
     );
-  }
-
-  #refuse(reason: string): void {
-    this.#refused[reason] = (this.#refused[reason] ?? 0) + 1;
   }
 }
 

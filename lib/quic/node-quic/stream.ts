@@ -30,6 +30,8 @@ export interface StreamOwner {
    * the peer had sent a FIN, so every end is checked against this before it counts as clean.
    */
   lostReason(): QuicError | undefined;
+  /** A stream ended without its FIN: node:quic is tearing the connection down. */
+  lost(stream: NodeQuicStream): void;
   /** The stream is finished with. */
   forget(stream: NodeQuicStream): void;
 }
@@ -82,11 +84,13 @@ export class NodeQuicStream extends Duplex implements QuicStream {
     try {
       for (;;) {
         const { value, done } = await this.#iterator.next();
+        // Destroying this side ends the iterator too: that says nothing about the connection.
+        if (this.destroyed) return;
         if (done) {
           this.#readDone = true;
           // A dead connection ends its streams' readers as a FIN does: that is an error, not an end.
           if (finReceived(this.#stream)) this.push(null);
-          else this.destroy(new QuicError(`stream ${this.id} ended without a FIN: the QUIC connection to ${this.#owner.peer} closed`));
+          else this.#owner.lost(this);
           return;
         }
         let more = true;
