@@ -7,14 +7,14 @@
  *
  * @module
  */
-import { type AgentRole, startAgentRole } from "./lib/agent-role.ts";
-import { AGENT_FLAGS, parseCommandLine } from "./lib/cli.ts";
-import { dial } from "./lib/dial.ts";
+import { type AgentRole, startAgentRole } from "./lib/agent/role.ts";
 import { formatHostPort } from "./lib/hostport.ts";
-import { setupLogging } from "./lib/log.ts";
-import { Registry } from "./lib/metrics.ts";
-import { pipeBoth } from "./lib/pipe.ts";
+import { AGENT_FLAGS, parseCommandLine } from "./lib/ops/cli.ts";
+import { setupLogging } from "./lib/ops/log.ts";
+import { Registry } from "./lib/ops/metrics.ts";
 import type { QuicStream } from "./lib/quic/mod.ts";
+import { dial } from "./lib/tunnel/dial.ts";
+import { pipeBoth } from "./lib/tunnel/pipe.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(

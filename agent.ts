@@ -7,16 +7,16 @@
  *
  * @module
  */
-import { type AgentRole, startAgentRole } from "./lib/agent-role.ts";
-import { AllowList } from "./lib/allow.ts";
-import { AGENT_FLAGS, exitWithError, parseCommandLine } from "./lib/cli.ts";
-import { HttpError, parseConnectTarget, readRequestHead, replyAndClose, statusResponse } from "./lib/connect.ts";
-import { dial } from "./lib/dial.ts";
+import { type AgentRole, startAgentRole } from "./lib/agent/role.ts";
 import { formatHostPort } from "./lib/hostport.ts";
-import { setupLogging } from "./lib/log.ts";
-import { Counter, Histogram, Registry } from "./lib/metrics.ts";
-import { pipeBoth } from "./lib/pipe.ts";
+import { AGENT_FLAGS, exitWithError, parseCommandLine } from "./lib/ops/cli.ts";
+import { setupLogging } from "./lib/ops/log.ts";
+import { Counter, Histogram, Registry } from "./lib/ops/metrics.ts";
 import type { QuicStream } from "./lib/quic/mod.ts";
+import { AllowList } from "./lib/tunnel/allow.ts";
+import { HttpError, parseConnectTarget, readRequestHead, replyAndClose, statusResponse } from "./lib/tunnel/connect.ts";
+import { dial } from "./lib/tunnel/dial.ts";
+import { pipeBoth } from "./lib/tunnel/pipe.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(

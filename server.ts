@@ -11,21 +11,21 @@ import type { X509Certificate } from "node:crypto";
 import type { Server } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Server as TlsServer } from "node:tls";
-import { startAdmin } from "./lib/admin.ts";
-import { AgentPool } from "./lib/agent-pool.ts";
-import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions } from "./lib/cli.ts";
-import { replyAndClose } from "./lib/connect.ts";
-import { listenTcp, listenUnix, readFrontendTls } from "./lib/frontends.ts";
 import { formatHostPort } from "./lib/hostport.ts";
-import { LogThrottle, setupLogging } from "./lib/log.ts";
-import { Counter, Gauge, Registry } from "./lib/metrics.ts";
-import { pipeBoth } from "./lib/pipe.ts";
+import { startAdmin } from "./lib/ops/admin.ts";
+import { loadTls, watchFiles, watchTls } from "./lib/ops/certificates.ts";
+import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions } from "./lib/ops/cli.ts";
+import { LogThrottle, setupLogging } from "./lib/ops/log.ts";
+import { Counter, Gauge, Registry } from "./lib/ops/metrics.ts";
+import { registerQuicMetrics, registerQuicServerMetrics } from "./lib/ops/quic-metrics.ts";
+import { onShutdown } from "./lib/ops/shutdown.ts";
 import { AGENT_NOT_ALLOWED, GOAWAY } from "./lib/protocol.ts";
 import { type EngineChoice, loadEngine, type QuicConnection, type QuicEngine } from "./lib/quic/mod.ts";
-import { registerQuicMetrics, registerQuicServerMetrics } from "./lib/quic-metrics.ts";
-import { onShutdown } from "./lib/shutdown.ts";
-import { loadTls, watchFiles, watchTls } from "./lib/tls.ts";
-import { Tunnels } from "./lib/tunnels.ts";
+import { AgentPool } from "./lib/server/agent-pool.ts";
+import { listenTcp, listenUnix, readFrontendTls } from "./lib/server/frontends.ts";
+import { replyAndClose } from "./lib/tunnel/connect.ts";
+import { pipeBoth } from "./lib/tunnel/pipe.ts";
+import { Tunnels } from "./lib/tunnel/slots.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(

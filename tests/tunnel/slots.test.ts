@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Registry } from "../lib/metrics.ts";
-import type { PipeResult } from "../lib/pipe.ts";
-import { Tunnels } from "../lib/tunnels.ts";
+import { Registry } from "../../lib/ops/metrics.ts";
+import type { PipeResult } from "../../lib/tunnel/pipe.ts";
+import { Tunnels } from "../../lib/tunnel/slots.ts";
 
 test("counts open tunnels against the limit and records outcomes and bytes", async () => {
   const registry = new Registry();

@@ -9,7 +9,7 @@
  */
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
-import type { HostPort } from "./hostport.ts";
+import type { HostPort } from "../hostport.ts";
 
 type HostMatcher = { kind: "any" } | { kind: "name"; pattern: RegExp } | { kind: "cidr"; family: 4 | 6; network: bigint; bits: number };
 

@@ -10,7 +10,7 @@ import { lstatSync, readFileSync, unlinkSync } from "node:fs";
 import { connect as connectSocket, createServer as createNetServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer } from "node:tls";
-import { formatHostPort, type HostPort } from "./hostport.ts";
+import { formatHostPort, type HostPort } from "../hostport.ts";
 
 /** TLS settings of the TCP listener. */
 export interface FrontendTls {

@@ -4,10 +4,10 @@
  *
  * @module
  */
-import pkg from "../package.json" with { type: "json" };
+import pkg from "../../package.json" with { type: "json" };
+import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "../protocol.ts";
+import { ENGINE_CHOICES } from "../quic/mod.ts";
 import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, parseFlags } from "./flags.ts";
-import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "./protocol.ts";
-import { ENGINE_CHOICES } from "./quic/mod.ts";
 
 /** The release version, from package.json. */
 export const VERSION: string = pkg.version;

@@ -4,7 +4,7 @@
  * @module
  */
 import { readFileSync, unwatchFile, watchFile } from "node:fs";
-import type { TlsMaterial } from "./quic/mod.ts";
+import type { TlsMaterial } from "../quic/mod.ts";
 
 /** The three files of one side's mutual TLS, each with the flag that named it. */
 export interface TlsFiles {

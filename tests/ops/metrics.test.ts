@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Counter, Gauge, Histogram, Registry } from "../lib/metrics.ts";
+import { Counter, Gauge, Histogram, Registry } from "../../lib/ops/metrics.ts";
 
 test("renders counters, gauges and histograms in Prometheus text format", () => {
   const registry = new Registry();

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { AgentPool } from "../lib/agent-pool.ts";
+import { AgentPool } from "../../lib/server/agent-pool.ts";
 
 class FakeAgent {
   opened = 0;

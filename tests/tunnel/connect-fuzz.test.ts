@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { PassThrough } from "node:stream";
 import { test } from "node:test";
 import fc from "fast-check";
-import { HttpError, readRequestHead, statusResponse } from "../lib/connect.ts";
+import { HttpError, readRequestHead, statusResponse } from "../../lib/tunnel/connect.ts";
 
 const LIMITS = { maxBytes: 2048, timeoutMs: 200 };
 const STATUSES = new Set([400, 408, 431]);

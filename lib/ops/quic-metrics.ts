@@ -3,8 +3,9 @@
  *
  * @module
  */
+
+import type { ConnectionStats, QuicConnection, QuicServer } from "../quic/mod.ts";
 import { Counter, Gauge, type Registry } from "./metrics.ts";
-import type { ConnectionStats, QuicConnection, QuicServer } from "./quic/mod.ts";
 
 /** Registers RTT, congestion window, stream and packet series for the connections `list` returns. */
 export function registerQuicMetrics(registry: Registry, list: () => Iterable<QuicConnection>): void {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { LogRecord } from "@logtape/logtape";
-import { formatJson, formatLine, LogThrottle, levelForVerbosity } from "../lib/log.ts";
+import { formatJson, formatLine, LogThrottle, levelForVerbosity } from "../../lib/ops/log.ts";
 
 const record: LogRecord = {
   category: ["quic-tunnel", "server"],

@@ -6,7 +6,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type HostPort, parseHostPort } from "./hostport.ts";
+import { type HostPort, parseHostPort } from "../hostport.ts";
 
 /** Kinds of flag values; durations become milliseconds, sizes bytes; a list may be given many times. */
 export type FlagKind = "string" | "int" | "duration" | "size" | "hostport" | "bool" | "list";

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Duplex, Readable } from "node:stream";
-import { type HostPort, parseHostPort } from "./hostport.ts";
+import { type HostPort, parseHostPort } from "../hostport.ts";
 
 /** A request that gets an HTTP error status instead of a tunnel. */
 export class HttpError extends Error {

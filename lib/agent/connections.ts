@@ -8,11 +8,12 @@
  *
  * @module
  */
+
+import { formatHostPort, type HostPort } from "../hostport.ts";
+import type { Logger } from "../ops/log.ts";
+import { GOAWAY } from "../protocol.ts";
+import type { QuicConnection, QuicEngine, QuicError, QuicStream, TlsMaterial, TransportOptions } from "../quic/mod.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
-import { formatHostPort, type HostPort } from "./hostport.ts";
-import type { Logger } from "./log.ts";
-import { GOAWAY } from "./protocol.ts";
-import type { QuicConnection, QuicEngine, QuicError, QuicStream, TlsMaterial, TransportOptions } from "./quic/mod.ts";
 
 /** Options for {@link runAgent}. */
 export interface AgentOptions {

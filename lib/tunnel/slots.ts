@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { Counter, Gauge, type Registry } from "./metrics.ts";
+import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
 import type { PipeResult } from "./pipe.ts";
 
 /** Open tunnels of one process. */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
-import { pipeBoth } from "../lib/pipe.ts";
+import { pipeBoth } from "../../lib/tunnel/pipe.ts";
 
 /** A connected pair of real TCP sockets on loopback, both with half-close allowed. */
 async function socketPair(): Promise<[net.Socket, net.Socket, () => void]> {

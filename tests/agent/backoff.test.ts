@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Backoff } from "../lib/backoff.ts";
+import { Backoff } from "../../lib/agent/backoff.ts";
 
 test("doubles from the minimum up to the cap, within the upper half of each step", () => {
   const low = new Backoff({ minMs: 100, maxMs: 1000, random: () => 0 });

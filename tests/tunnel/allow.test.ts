@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { AllowList, parseAllowRule } from "../lib/allow.ts";
+import { AllowList, parseAllowRule } from "../../lib/tunnel/allow.ts";
 
 const fakeDns: Record<string, string[]> = {
   "kubelet.node1.local": ["10.1.2.3"],

@@ -5,17 +5,17 @@
  *
  * @module
  */
-import { startAdmin } from "./admin.ts";
-import { type AgentHandle, runAgent } from "./agent-loop.ts";
-import { type AGENT_FLAGS, exitWithError, transportOptions } from "./cli.ts";
-import type { FlagValues } from "./flags.ts";
-import type { Logger } from "./log.ts";
-import { Counter, Gauge, type Registry } from "./metrics.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./quic/mod.ts";
-import { registerQuicMetrics } from "./quic-metrics.ts";
-import { onShutdown } from "./shutdown.ts";
-import { loadTls, watchTls } from "./tls.ts";
-import { Tunnels } from "./tunnels.ts";
+import { startAdmin } from "../ops/admin.ts";
+import { loadTls, watchTls } from "../ops/certificates.ts";
+import { type AGENT_FLAGS, exitWithError, transportOptions } from "../ops/cli.ts";
+import type { FlagValues } from "../ops/flags.ts";
+import type { Logger } from "../ops/log.ts";
+import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
+import { registerQuicMetrics } from "../ops/quic-metrics.ts";
+import { onShutdown } from "../ops/shutdown.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "../quic/mod.ts";
+import { Tunnels } from "../tunnel/slots.ts";
+import { type AgentHandle, runAgent } from "./connections.ts";
 
 /** The running agent, as its per-stream handler sees it. */
 export interface AgentRole {

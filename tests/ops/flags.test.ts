@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { FlagError, helpText, parseDuration, parseFlags, parseSize } from "../lib/flags.ts";
+import { FlagError, helpText, parseDuration, parseFlags, parseSize } from "../../lib/ops/flags.ts";
 
 const FLAGS = {
   "listen-tcp": { kind: "hostport", default: "0.0.0.0:8443", help: "TCP address." },

@@ -4,8 +4,8 @@
  * @module
  */
 import net from "node:net";
+import { formatHostPort, type HostPort } from "../hostport.ts";
 import { HttpError } from "./connect.ts";
-import { formatHostPort, type HostPort } from "./hostport.ts";
 
 /**
  * Connects to `target` with half-close enabled. Rejects with {@link HttpError} 504 when the dial

@@ -6,7 +6,7 @@
  */
 import http from "node:http";
 import type net from "node:net";
-import type { HostPort } from "./hostport.ts";
+import type { HostPort } from "../hostport.ts";
 import type { Registry } from "./metrics.ts";
 
 /** Options for {@link startAdmin}. */

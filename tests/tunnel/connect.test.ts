@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { PassThrough } from "node:stream";
 import { test } from "node:test";
-import { HttpError, parseConnectTarget, parseRequestHead, readRequestHead, replyAndClose, statusResponse } from "../lib/connect.ts";
+import {
+  HttpError,
+  parseConnectTarget,
+  parseRequestHead,
+  readRequestHead,
+  replyAndClose,
+  statusResponse,
+} from "../../lib/tunnel/connect.ts";
 
 const LIMITS = { maxBytes: 1024, timeoutMs: 1_000 };
 

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
-import { HttpError } from "../lib/connect.ts";
-import { dial } from "../lib/dial.ts";
+import { HttpError } from "../../lib/tunnel/connect.ts";
+import { dial } from "../../lib/tunnel/dial.ts";
 
 test("dials with half-close allowed", async () => {
   const server = net.createServer((socket) => socket.on("error", () => {}).end("hi"));

@@ -3,8 +3,8 @@ import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { loadTls, watchTls } from "../lib/tls.ts";
-import { testCerts } from "./harness.ts";
+import { loadTls, watchTls } from "../../lib/ops/certificates.ts";
+import { testCerts } from "../harness.ts";
 
 const files = (dir: string) => ({
   ca: { flag: "ca-file", path: join(dir, "ca.crt") },
