@@ -7,10 +7,10 @@
  * @module
  */
 import net from "node:net";
-import { HttpError, parseConnectTarget, readRequestHead, replyAndClose, statusResponse } from "../lib/connect.ts";
-import { dial } from "../lib/dial.ts";
 import { parseHostPort } from "../lib/hostport.ts";
-import { pipeBoth } from "../lib/pipe.ts";
+import { HttpError, parseConnectTarget, readRequestHead, replyAndClose, statusResponse } from "../lib/tunnel/connect.ts";
+import { dial } from "../lib/tunnel/dial.ts";
+import { pipeBoth } from "../lib/tunnel/pipe.ts";
 
 const listenAt = parseHostPort(process.argv[process.argv.indexOf("--listen") + 1] ?? "127.0.0.1:0") ?? { host: "127.0.0.1", port: 0 };
 const server = net.createServer({ allowHalfOpen: true, noDelay: true }, async (socket) => {
