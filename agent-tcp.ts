@@ -1,20 +1,24 @@
 /**
  * quic-agent-tcp: the passthrough agent. Dials the tunnel server over QUIC with a client
  * certificate and pipes every stream the server opens to one fixed `--upstream host:port`; no
- * CONNECT involved. Reconnects forever with backoff.
+ * CONNECT involved (it tells our server so, which then reads nothing from its clients).
+ * Reconnects forever with backoff.
  *
  * Usage: bun run agent-tcp.ts --server host:8888 --ca-file ca.crt --cert-file client.crt --cert-key client.key --upstream 10.0.0.1:443
  *
  * @module
  */
-import { type AgentRole, startAgentRole } from "./lib/agent/role.ts";
+import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } from "./lib/agent/connections.ts";
 import { formatHostPort } from "./lib/hostport.ts";
-import { AGENT_FLAGS, parseCommandLine } from "./lib/ops/cli.ts";
+import { startAdmin } from "./lib/ops/admin.ts";
+import { loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
+import { AGENT_FLAGS, exitWithError, parseCommandLine, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Registry } from "./lib/ops/metrics.ts";
-import type { QuicStream } from "./lib/quic/mod.ts";
+import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
 import { dial } from "./lib/tunnel/dial.ts";
-import { pipeBoth } from "./lib/tunnel/pipe.ts";
+import { Tunnels } from "./lib/tunnel/slots.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(
@@ -28,39 +32,67 @@ const flags = parseCommandLine(
   },
 );
 const log = setupLogging("agent-tcp", { verbosity: flags.v, format: flags["log-format"] });
+logStrayErrors(log);
 const upstream = formatHostPort(flags.upstream);
 
-// Certificates, transport, admin endpoint and shutdown: shared with agent.ts.
-await startAgentRole("quic-agent-tcp", { flags, log, registry: new Registry(), serve: (stream, role) => void serveUpstream(stream, role) });
-
-// Per stream: dial the upstream; if that fails (or too many tunnels are open), reset the stream so
-// the client's connection ends.
-async function serveUpstream(stream: QuicStream, { tunnels }: AgentRole): Promise<void> {
-  stream.on("error", () => {}); // reported by pipeBoth
-  stream.pause();
-  if (tunnels.full) {
-    log.warn("stream {stream}: refused, {max} tunnels open", { stream: stream.id, max: tunnels.max });
-    tunnels.refused("over_limit");
-    stream.destroy();
-    return;
-  }
-  const started = performance.now();
-  let socket: Awaited<ReturnType<typeof dial>>;
-  try {
-    socket = await dial(flags.upstream, { timeoutMs: flags["dial-timeout"] });
-  } catch (err) {
-    log.warn("stream {stream}: upstream {upstream} failed: {reason}", { stream: stream.id, upstream, reason: (err as Error).message });
-    tunnels.refused("dial_failed");
-    stream.destroy();
-    return;
-  }
-  const result = await tunnels.track(pipeBoth(stream, socket, { idleTimeoutMs: flags["tunnel-idle-timeout"] }));
-  log.debug("tunnel to {upstream} closed", {
-    stream: stream.id,
-    upstream,
-    up: result.sent,
-    down: result.received,
-    ms: Math.round(performance.now() - started),
-    error: result.error,
-  });
+// Certificates and transport.
+const registry = new Registry();
+const tlsFiles = {
+  ca: { flag: "ca-file", path: flags["ca-file"] },
+  cert: { flag: "cert-file", path: flags["cert-file"] },
+  key: { flag: "cert-key", path: flags["cert-key"] },
+};
+let tls: ReturnType<typeof loadTls>;
+let engine: QuicEngine;
+try {
+  tls = loadTls(tlsFiles);
+  transportOptions(flags);
+  engine = await loadEngine(flags["quic-engine"] as EngineChoice);
+} catch (err) {
+  exitWithError("quic-agent-tcp", err);
 }
+// Rotated certificates apply from the next connection; the open ones keep working.
+watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) });
+
+const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log });
+let draining = false;
+const agent = runAgent(
+  connectionOptions(flags, { kind: "passthrough", engine, tls: () => tls, log }),
+  (stream) =>
+    void serveUpstream(stream).catch((err) => log.error("stream {stream} failed unexpectedly: {error}", { stream: stream.id, error: err })),
+);
+registerConnectionMetrics(registry, agent);
+
+// Per stream: a slot, a dial to the upstream, then both ways. A refusal resets the stream, so the
+// client's connection ends as an error.
+async function serveUpstream(stream: QuicStream): Promise<void> {
+  const tunnel = tunnels.open(stream, { http: false, id: `stream ${stream.id}`, fields: { upstream } });
+  if (!tunnel) return;
+  if (draining) return tunnel.refuse("draining", 503, "the agent is shutting down");
+  stream.pause();
+  try {
+    const socket = await dial(flags.upstream, { timeoutMs: flags["dial-timeout"] });
+    await tunnel.carry(socket, tunnelTimeouts(flags));
+  } catch (err) {
+    tunnel.refuse("dial_failed", 502, `upstream ${upstream}: ${(err as Error).message}`);
+  }
+}
+
+// Admin endpoint: ready while connected.
+const admin = flags["admin-addr"];
+if (admin) {
+  const { port } = await startAdmin(admin, {
+    registry,
+    notReady: () => (draining ? "shutting down" : agent.connections.length > 0 ? undefined : "not connected to the server"),
+  }).catch((err) => exitWithError("quic-agent-tcp", err));
+  log.info("admin endpoint on {address}", { address: formatHostPort({ host: admin.host, port }) });
+}
+
+// Shutdown: tell the server, let open tunnels finish, then close.
+onShutdown(log, {
+  graceMs: flags["shutdown-grace"],
+  drain: async (graceMs) => {
+    draining = true;
+    await drainAgent(agent, tunnels, { graceMs, log });
+  },
+});

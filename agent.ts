@@ -1,22 +1,27 @@
 /**
  * quic-agent: dials the tunnel server over QUIC with a client certificate and serves every stream
- * the server opens as an HTTP CONNECT proxy: read the request head, check the target against
- * `--allow`, dial it, answer `200 OK`, then pipe both ways. Reconnects forever with backoff.
+ * the server opens as an HTTP CONNECT proxy: read the request head, decide on the address the
+ * target is dialed at (`--allow`, and never back into the server: 508), dial it, answer `200 OK`,
+ * then pipe both ways. Reconnects forever with backoff.
  *
  * Usage: bun run agent.ts --server host:8888 --ca-file ca.crt --cert-file client.crt --cert-key client.key
  *
  * @module
  */
-import { type AgentRole, startAgentRole } from "./lib/agent/role.ts";
+import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } from "./lib/agent/connections.ts";
+import { leadsToServer, type ServerInfo } from "./lib/agent/loop-guard.ts";
 import { formatHostPort } from "./lib/hostport.ts";
-import { AGENT_FLAGS, exitWithError, parseCommandLine } from "./lib/ops/cli.ts";
+import { startAdmin } from "./lib/ops/admin.ts";
+import { loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
+import { AGENT_FLAGS, exitWithError, parseCommandLine, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
-import { Counter, Histogram, Registry } from "./lib/ops/metrics.ts";
-import type { QuicStream } from "./lib/quic/mod.ts";
+import { Histogram, Registry } from "./lib/ops/metrics.ts";
+import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
 import { AllowList } from "./lib/tunnel/allow.ts";
-import { HttpError, parseConnectTarget, readRequestHead, replyAndClose, statusResponse } from "./lib/tunnel/connect.ts";
+import { HttpError, parseConnectTarget, readRequestHead, statusResponse } from "./lib/tunnel/connect.ts";
 import { dial } from "./lib/tunnel/dial.ts";
-import { pipeBoth } from "./lib/tunnel/pipe.ts";
+import { Tunnels } from "./lib/tunnel/slots.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(
@@ -29,7 +34,7 @@ const flags = parseCommandLine(
     allow: {
       kind: "list",
       value: "rule",
-      help: "Allowed targets, repeatable: *, name, *.domain, IP or CIDR ([v6/len]), then :port, :p1,p2 or :lo-hi. None: any target.",
+      help: "Allowed targets, repeatable: *, name, *.domain, IP or CIDR ([v6/len]), then :port, :p1,p2 or :lo-hi. None: any target. IP rules match the address dialed, in its own family.",
     },
     "max-header-bytes": { kind: "size", value: "size", default: "16KiB", help: "Largest CONNECT request head accepted (431 beyond)." },
     "header-timeout": {
@@ -41,88 +46,100 @@ const flags = parseCommandLine(
   },
 );
 const log = setupLogging("agent", { verbosity: flags.v, format: flags["log-format"] });
+logStrayErrors(log);
+
+// Certificates, policy and transport. Loops back into the server are refused (508) where the
+// server says which its listeners are: ours does, the reference's cannot.
+const registry = new Registry();
+const tlsFiles = {
+  ca: { flag: "ca-file", path: flags["ca-file"] },
+  cert: { flag: "cert-file", path: flags["cert-file"] },
+  key: { flag: "cert-key", path: flags["cert-key"] },
+};
+let tls: ReturnType<typeof loadTls>;
 let allowList: AllowList;
+let engine: QuicEngine;
 try {
+  tls = loadTls(tlsFiles);
   allowList = new AllowList(flags.allow);
+  transportOptions(flags);
+  engine = await loadEngine(flags["quic-engine"] as EngineChoice);
 } catch (err) {
   exitWithError("quic-agent", err);
 }
 if (allowList.allowsAll) log.warn("no --allow rules: any host:port this agent can reach is reachable through the tunnel");
+// Rotated certificates apply from the next connection; the open ones keep working.
+watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) });
 
-const registry = new Registry();
-const responses = new Counter(registry, "quic_tunnel_connect_responses_total", "CONNECT answers, by HTTP status code.");
+const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log });
 const dialSeconds = new Histogram(
   registry,
   "quic_tunnel_dial_duration_seconds",
   "Time to dial a target (successful dials).",
   [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
 );
+let draining = false;
+const agent = runAgent(
+  connectionOptions(flags, { kind: "connect", engine, tls: () => tls, log }),
+  (stream, server) =>
+    void serveConnect(stream, server).catch((err) =>
+      log.error("stream {stream} failed unexpectedly: {error}", { stream: stream.id, error: err }),
+    ),
+);
+registerConnectionMetrics(registry, agent);
 
-// Certificates, transport, admin endpoint and shutdown: shared with agent-tcp.ts.
-await startAgentRole("quic-agent", { flags, log, registry, serve: (stream, role) => void serveConnect(stream, role) });
-
-// Per stream: one CONNECT request, then a tunnel to its target.
-async function serveConnect(stream: QuicStream, { tunnels }: AgentRole): Promise<void> {
-  stream.on("error", () => {}); // reported where it matters: reading the head, dialing, piping
-  const refuse = (status: number, reason: string, outcome: string) => {
-    responses.inc({ code: status });
-    tunnels.refused(outcome);
-    replyAndClose(stream, status, { reason });
-  };
-  if (tunnels.full) {
-    log.warn("stream {stream}: refused, {max} tunnels open", { stream: stream.id, max: tunnels.max, status: 503 });
-    return refuse(503, `agent tunnel limit (${tunnels.max}) reached`, "over_limit");
-  }
+// Per stream: a slot, one CONNECT request, the address to dial, then a tunnel to it.
+async function serveConnect(stream: QuicStream, server: ServerInfo): Promise<void> {
+  const tunnel = tunnels.open(stream, { http: true, id: `stream ${stream.id}` });
+  if (!tunnel) return;
+  if (draining) return tunnel.refuse("draining", 503, "the agent is shutting down");
   let request: Awaited<ReturnType<typeof readRequestHead>>;
   try {
     request = await readRequestHead(stream, { maxBytes: flags["max-header-bytes"], timeoutMs: flags["header-timeout"] });
   } catch (err) {
-    if (err instanceof HttpError) {
-      log.warn("stream {stream}: bad request: {reason}", { stream: stream.id, status: err.status, reason: err.message });
-      return refuse(err.status, err.message, "bad_request");
-    }
-    log.debug("stream {stream}: {reason}", { stream: stream.id, reason: (err as Error).message });
-    stream.destroy();
-    return;
+    if (err instanceof HttpError) return tunnel.refuse(err.status === 408 ? "timeout" : "bad_request", err.status, err.message);
+    return tunnel.refuse("aborted", 400, (err as Error).message);
   }
   const { head, rest } = request;
-  if (head.method !== "CONNECT") {
-    log.warn("stream {stream}: method {method} refused", { stream: stream.id, method: head.method, status: 405 });
-    return refuse(405, "this proxy only supports CONNECT passthrough", "bad_request");
-  }
+  tunnel.note({ target: head.target });
+  if (head.method !== "CONNECT") return tunnel.refuse("bad_request", 405, "this proxy only supports CONNECT passthrough");
   const started = performance.now();
-  let target: ReturnType<typeof parseConnectTarget>;
-  let socket: Awaited<ReturnType<typeof dial>>;
   try {
-    target = parseConnectTarget(head.target);
+    const target = parseConnectTarget(head.target);
     const verdict = await allowList.check(target).catch((err: NodeJS.ErrnoException) => {
       throw new HttpError(502, `cannot resolve ${target.host}: ${err.code ?? err.message}`);
     });
-    if (!verdict.allowed) throw new HttpError(403, verdict.reason);
-    socket = await dial({ host: verdict.address, port: target.port }, { timeoutMs: flags["dial-timeout"] });
+    if (!verdict.allowed) return tunnel.refuse("denied", 403, verdict.reason);
+    if (leadsToServer(verdict.address, target.port, server)) {
+      return tunnel.refuse("loop", 508, `${formatHostPort(target)} is the tunnel server's own client listener`);
+    }
+    tunnel.note({ address: verdict.address.dial });
+    const socket = await dial({ host: verdict.address.dial, port: target.port }, { timeoutMs: flags["dial-timeout"] });
+    dialSeconds.observe((performance.now() - started) / 1000);
+    stream.write(statusResponse(200));
+    if (rest.length > 0) socket.write(rest);
+    await tunnel.carry(socket, { status: 200, ...tunnelTimeouts(flags) });
   } catch (err) {
     const status = err instanceof HttpError ? err.status : 502;
-    log.warn("stream {stream}: CONNECT {target} failed: {reason}", {
-      stream: stream.id,
-      target: head.target,
-      status,
-      reason: (err as Error).message,
-    });
-    return refuse(status, (err as Error).message, status === 403 ? "denied" : "dial_failed");
+    tunnel.refuse(status === 400 ? "bad_request" : "dial_failed", status, (err as Error).message);
   }
-  const dialMs = performance.now() - started;
-  dialSeconds.observe(dialMs / 1000);
-  responses.inc({ code: 200 });
-  log.trace("stream {stream}: connected to {target}", { stream: stream.id, target: formatHostPort(target), dialMs: Math.round(dialMs) });
-  stream.write(statusResponse(200));
-  if (rest.length > 0) socket.write(rest);
-  const result = await tunnels.track(pipeBoth(stream, socket, { idleTimeoutMs: flags["tunnel-idle-timeout"] }));
-  log.debug("tunnel to {target} closed", {
-    stream: stream.id,
-    target: formatHostPort(target),
-    up: result.sent,
-    down: result.received,
-    ms: Math.round(performance.now() - started),
-    error: result.error,
-  });
 }
+
+// Admin endpoint: ready while connected.
+const admin = flags["admin-addr"];
+if (admin) {
+  const { port } = await startAdmin(admin, {
+    registry,
+    notReady: () => (draining ? "shutting down" : agent.connections.length > 0 ? undefined : "not connected to the server"),
+  }).catch((err) => exitWithError("quic-agent", err));
+  log.info("admin endpoint on {address}", { address: formatHostPort({ host: admin.host, port }) });
+}
+
+// Shutdown: tell the server, let open tunnels finish, then close.
+onShutdown(log, {
+  graceMs: flags["shutdown-grace"],
+  drain: async (graceMs) => {
+    draining = true;
+    await drainAgent(agent, tunnels, { graceMs, log });
+  },
+});

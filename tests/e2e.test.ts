@@ -37,7 +37,7 @@ for (const engine of ENGINES) {
   describe(`through one agent, engine ${engine}`, { skip: SLOW_TRANSPORT }, () => {
     let server: ServerProcess;
     before(async () => {
-      server = track(await startServer({ engine, args: ["--v", "2"] }));
+      server = track(await startServer({ engine, args: ["--v", "2", "--header-timeout", "500ms"] }));
       track(
         await startAgent(server.quicPort, {
           engine,
@@ -203,7 +203,9 @@ for (const engine of ENGINES) {
         assert.ok(received() > 2 << 20 && received() < 64 << 20, `client read ${received()} bytes at its own pace`);
         assert.equal(ending, "");
       } else assert.notEqual(ending, "clean end");
-      assert.ok(peak - baseline < 48, `server RSS grew ${Math.round(peak - baseline)} MB (baseline ${Math.round(baseline)} MB)`);
+      // node:quic holds up to 32 MiB for a slow reader before the reset.
+      const bound = engine === "quiche" ? 48 : 80;
+      assert.ok(peak - baseline < bound, `server RSS grew ${Math.round(peak - baseline)} MB (baseline ${Math.round(baseline)} MB)`);
     });
   });
 
@@ -332,7 +334,7 @@ for (const engine of ENGINES) {
       const agent = track(await startAgent(server.quicPort, { engine, script: "agent-tcp.ts", args: ["--upstream", "127.0.0.1:1"] }));
       const reply = await rawExchange(server.tcpPort, "hello?", { timeoutMs: 5_000 }).catch((err: Error) => `error: ${err.message}`);
       assert.doesNotMatch(reply, /no close/);
-      await agent.waitFor(/upstream 127\.0\.0\.1:1 failed: .*ECONNREFUSED/);
+      await agent.waitFor(/tunnel stream \d+ refused: upstream 127\.0\.0\.1:1: .*ECONNREFUSED/);
     });
   });
 }

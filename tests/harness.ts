@@ -403,3 +403,27 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
     },
   };
 }
+
+/** Parses Prometheus text into `name{labels}` -> value; throws on a line that is not valid. */
+export function parseMetrics(text: string): Map<string, number> {
+  const values = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const match = /^([a-z_:][a-z0-9_:]*(?:\{[^}]*\})?) (-?[0-9.e+-]+|NaN)$/i.exec(line);
+    if (!match) throw new Error(`not a valid exposition line: ${line}`);
+    values.set(match[1], Number(match[2]));
+  }
+  return values;
+}
+
+/** GETs `path` from an admin endpoint on loopback. */
+export async function adminGet(port: number, path: string): Promise<{ status: number; body: string }> {
+  const response = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: response.status, body: await response.text() };
+}
+
+/** The metrics of a role started with `--admin-addr 127.0.0.1:0`. */
+export async function roleMetrics(role: RoleProcess): Promise<Map<string, number>> {
+  const port = Number((await role.waitFor(/admin endpoint on 127\.0\.0\.1:(\d+)/))[1]);
+  return parseMetrics((await adminGet(port, "/metrics")).body);
+}

@@ -10,8 +10,10 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
 import {
+  adminGet,
   ENGINES,
   expectedSha256,
+  parseMetrics,
   rawExchange,
   run,
   runtimeCommand,
@@ -48,23 +50,6 @@ async function openTunnel(port: number): Promise<{ finish(): Promise<string> }> 
       return new Promise((resolve) => socket.once("close", () => resolve(received)));
     },
   };
-}
-
-/** Parses Prometheus text into `name{labels}` -> value. */
-function parseMetrics(text: string): Map<string, number> {
-  const values = new Map<string, number>();
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue;
-    const match = /^([a-z_:][a-z0-9_:]*(?:\{[^}]*\})?) (-?[0-9.e+-]+|NaN)$/i.exec(line);
-    assert.ok(match, `valid exposition line: ${line}`);
-    values.set(match[1], Number(match[2]));
-  }
-  return values;
-}
-
-async function adminGet(port: number, path: string): Promise<{ status: number; body: string }> {
-  const response = await fetch(`http://127.0.0.1:${port}${path}`);
-  return { status: response.status, body: await response.text() };
 }
 
 describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
@@ -116,7 +101,7 @@ describe("limits and policy", { skip: SLOW_TRANSPORT }, () => {
     assert.match(await connectAndGet(server.tcpPort, "localhost"), /hello through the tunnel/);
     const otherPort = await rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port + 1} HTTP/1.1\r\n\r\n`);
     assert.match(otherPort, /^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*not allowed by the agent's --allow rules/);
-    await agent.waitFor(/CONNECT 127\.0\.0\.1:\d+ failed: .*not allowed/);
+    await agent.waitFor(/tunnel stream \d+ refused: target 127\.0\.0\.1:\d+ .*is not allowed/);
     assert.doesNotMatch(agent.log(), /no --allow rules/);
   });
 
@@ -219,7 +204,7 @@ describe("logs and frontends", { skip: SLOW_TRANSPORT }, () => {
       for (const key of ["time", "level", "logger", "msg"]) assert.ok(key in event, `${key} in ${line}`);
     }
     const closed = lines.map((line) => JSON.parse(line)).find((event) => /closed/.test(event.msg));
-    for (const key of ["client", "agent", "stream", "up", "down", "ms"]) assert.ok(key in closed, key);
+    for (const key of ["tunnel", "agent", "stream", "up", "down", "ms"]) assert.ok(key in closed, key);
   });
 
   test("TLS on the TCP listener, with a required client certificate", async () => {
@@ -327,7 +312,7 @@ describe("certificate reload", { skip: SLOW_TRANSPORT }, () => {
     copyFileSync(rotated.serverCert, live.serverCert);
     copyFileSync(rotated.serverKey, live.serverKey);
     copyFileSync(rotated.ca, live.ca);
-    await server.waitFor(/certificate files changed; new agent handshakes use them/);
+    await server.waitFor(/certificate files changed \(--cert-file, --cert-key, --client-ca-file\); new handshakes use them/);
     const rotatedAgent = track(await startAgent(server.quicPort, { certs: rotated }));
     assert.match(rotatedAgent.log(), /connected to server/);
 

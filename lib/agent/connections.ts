@@ -9,14 +9,23 @@
  * @module
  */
 
-import { formatHostPort, type HostPort } from "../hostport.ts";
+import { type AgentKind, announceAgent, sendGoAway } from "../control.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "../hostport.ts";
+import { type AGENT_FLAGS, transportOptions } from "../ops/cli.ts";
+import type { FlagValues } from "../ops/flags.ts";
 import type { Logger } from "../ops/log.ts";
-import { GOAWAY } from "../protocol.ts";
+import { Gauge, type Registry } from "../ops/metrics.ts";
+import { registerQuicMetrics } from "../ops/quic-metrics.ts";
 import type { QuicConnection, QuicEngine, QuicError, QuicStream, TlsMaterial, TransportOptions } from "../quic/mod.ts";
+import type { Tunnels } from "../tunnel/slots.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
+import { explainServerCertificate } from "./diagnose.ts";
+import type { ServerInfo } from "./loop-guard.ts";
 
 /** Options for {@link runAgent}. */
 export interface AgentOptions {
+  /** What clients of this agent speak, told to the server as each connection starts. */
+  kind: AgentKind;
   /** The QUIC engine that dials. */
   engine: QuicEngine;
   server: HostPort;
@@ -57,7 +66,7 @@ const SCALE_AT = 0.5;
  * load needs them), handing every stream the server opens to `onStream`. Each stream is served on
  * its own, so a slow one blocks nothing.
  */
-export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, connection: QuicConnection) => void): AgentHandle {
+export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, server: ServerInfo) => void): AgentHandle {
   const { log } = options;
   const server = formatHostPort(options.server);
   const backoff = new Backoff(options.backoff);
@@ -86,12 +95,18 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
       transport: options.transport,
     });
 
-  /** Serves the streams of `connection`; dials more connections when they fill up. */
-  function serve(connection: QuicConnection): void {
+  /**
+   * Serves the streams of `connection` and tells the server what kind of agent this is; resolves
+   * once the server answered (with its listeners) or did not in time. Dials more connections when
+   * the open ones fill up.
+   */
+  async function serve(connection: QuicConnection): Promise<void> {
+    const server: ServerInfo = { listeners: undefined, host: parseHostPort(connection.peer)?.host ?? connection.peer };
     connection.on("stream", (stream) => {
-      onStream(stream, connection);
+      onStream(stream, server);
       scale(connection.incomingStreamLimit);
     });
+    server.listeners = await announceAgent(connection, options.kind, 1_000);
   }
 
   /** Dials as many connections as keep the open ones (and those being dialed) below {@link SCALE_AT} full. */
@@ -111,8 +126,6 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
         return;
       }
       extras.add(connection);
-      serve(connection);
-      log.info("opened connection {count} to server {server}: the others are half full", { server, count: all().length });
       let idleSince = Date.now();
       const idleCheck = setInterval(() => {
         if (connection.streamCount > 0) idleSince = Date.now();
@@ -123,10 +136,36 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
         clearInterval(idleCheck);
         extras.delete(connection);
       });
+      await serve(connection);
+      log.info("opened connection {count} to server {server}: the others are half full", { server, count: all().length });
     } catch (err) {
       log.warn("cannot open another connection to server {server}: {error}", { server, error: err });
     } finally {
       dialing--;
+    }
+  }
+
+  /**
+   * Says why the server's certificate was refused, once per distinct failure: a TLS alert does not
+   * tell whether the name, the issuer or the dates were wrong.
+   */
+  let explained = "";
+  async function explainFailure(err: Error): Promise<void> {
+    if (!/TLS alert|certificate/i.test(err.message) || err.message === explained) return;
+    explained = err.message;
+    try {
+      const tls = options.tls();
+      const certificate = await options.engine.peekCertificate({
+        host: options.server.host,
+        port: options.server.port,
+        serverName: options.serverName,
+        tls,
+        transport: options.transport,
+      });
+      const explanation = certificate && explainServerCertificate(certificate, { serverName: options.serverName, ca: tls.ca });
+      if (explanation) log.error("{explanation}", { server, explanation });
+    } catch (diagnosis) {
+      log.debug("could not look at the server's certificate: {error}", { server, error: diagnosis });
     }
   }
 
@@ -139,6 +178,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
       } catch (err) {
         const delay = backoff.next();
         log.warn("cannot connect to server {server}: {error}; retrying in {delay} ms", { server, error: err, delay });
+        await explainFailure(err as Error);
         await sleep(delay);
         continue;
       }
@@ -147,10 +187,11 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
         break;
       }
       primary = connection;
+      const closed = new Promise<QuicError | undefined>((resolve) => connection.once("close", resolve));
       const since = Date.now();
-      log.info("connected to server {server}", { server, subject: connection.peerSubject });
-      serve(connection);
-      const error = await new Promise<QuicError | undefined>((resolve) => connection.once("close", resolve));
+      await serve(connection);
+      if (!connection.closed) log.info("connected to server {server}", { server, subject: connection.peerSubject });
+      const error = await closed;
       primary = undefined;
       if (stopped) break;
       if (Date.now() - since >= (options.stableAfterMs ?? 10_000)) backoff.reset();
@@ -171,13 +212,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
     },
     async goAway() {
       await Promise.all(
-        all().map(async (connection) => {
-          try {
-            (await connection.openStream()).on("error", () => {}).end(GOAWAY);
-          } catch (err) {
-            log.warn("cannot tell the server to stop routing here: {error}", { error: err });
-          }
-        }),
+        all().map((connection) =>
+          sendGoAway(connection).catch((err) => log.warn("cannot tell the server to stop routing here: {error}", { error: err })),
+        ),
       );
     },
     stop() {
@@ -187,4 +224,44 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, c
     },
     done: loop(),
   };
+}
+
+/** The connection options of an agent from its command line (see AGENT_FLAGS in lib/ops/cli.ts). */
+export function connectionOptions(
+  flags: FlagValues<typeof AGENT_FLAGS>,
+  wiring: { kind: AgentKind; engine: QuicEngine; tls: () => TlsMaterial; log: Logger },
+): AgentOptions {
+  return {
+    ...wiring,
+    server: flags.server,
+    serverName: flags["server-name"],
+    transport: { ...transportOptions(flags), keepAliveMs: flags["keep-alive"] },
+    backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },
+    // Enough connections for --max-tunnels where a connection takes only 100 (node-quic).
+    maxConnections: Math.min(100, Math.max(1, Math.ceil((flags["max-tunnels"] || 10_000) / 100))),
+  };
+}
+
+/** Registers the agent's connection series: connected, how many connections, their QUIC paths. */
+export function registerConnectionMetrics(registry: Registry, agent: AgentHandle): void {
+  new Gauge(registry, "quic_tunnel_server_connected", "1 while the agent is connected to the server.", () => [
+    [{}, agent.connections.length > 0 ? 1 : 0],
+  ]);
+  new Gauge(registry, "quic_tunnel_server_connections", "QUIC connections to the server (more are opened under load).", () => [
+    [{}, agent.connections.length],
+  ]);
+  registerQuicMetrics(registry, () => agent.connections);
+}
+
+/**
+ * A graceful stop: tell the server (GOAWAY), let open tunnels finish for up to `graceMs`, then close
+ * the connections.
+ */
+export async function drainAgent(agent: AgentHandle, tunnels: Tunnels, options: { graceMs: number; log: Logger }): Promise<void> {
+  await agent.goAway();
+  if (!(await tunnels.whenIdle(options.graceMs))) {
+    options.log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
+  }
+  agent.stop();
+  await agent.done;
 }

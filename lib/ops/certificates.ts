@@ -1,40 +1,102 @@
 /**
- * Reading certificate, key and CA files for the QUIC transport, with errors that name the flag.
+ * Certificate, key and CA files: read with errors that name the flag, checked at start and on
+ * every reload (the key must belong to the certificate, as Go's LoadX509KeyPair insists), watched
+ * for rotation, and their expiry exported as a metric and warned about in advance.
  *
  * @module
  */
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync, unwatchFile, watchFile } from "node:fs";
 import type { TlsMaterial } from "../quic/mod.ts";
+import type { Logger } from "./log.ts";
+import { Gauge, type Registry } from "./metrics.ts";
 
-/** The three files of one side's mutual TLS, each with the flag that named it. */
-export interface TlsFiles {
-  ca: { flag: string; path: string };
-  cert: { flag: string; path: string };
-  key: { flag: string; path: string };
+/** A file named by a flag. */
+export interface FlagFile {
+  flag: string;
+  path: string;
+}
+
+/** The files of one TLS identity: certificate and key, and the CA that verifies peers if any. */
+export interface CertificateFiles {
+  cert: FlagFile;
+  key: FlagFile;
+  ca?: FlagFile;
+}
+
+/** The PEM contents of {@link CertificateFiles}. */
+export interface PemSet {
+  cert: Buffer;
+  key: Buffer;
+  ca?: Buffer;
 }
 
 const CERTIFICATE = { marker: /-----BEGIN CERTIFICATE-----/, what: "certificate" };
-const PRIVATE_KEY = { marker: /-----BEGIN (RSA |EC )?PRIVATE KEY-----/, what: "private key" };
+const PRIVATE_KEY = { marker: /-----BEGIN (RSA |EC |ENCRYPTED )?PRIVATE KEY-----/, what: "private key" };
+/** Certificates this close to their end are warned about at start and on every reload. */
+const EXPIRY_WARNING_MS = 30 * 24 * 3600 * 1000;
 
-function readPem(flag: string, path: string, expected: { marker: RegExp; what: string }): Uint8Array {
-  if (!path) throw new Error(`--${flag} is required`);
+function readPem(file: FlagFile, expected: { marker: RegExp; what: string }): Buffer {
+  if (!file.path) throw new Error(`--${file.flag} is required`);
   let text: string;
   try {
-    text = readFileSync(path, "utf8");
+    text = readFileSync(file.path, "utf8");
   } catch (err) {
-    throw new Error(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new Error(`--${file.flag}: cannot read ${file.path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  if (!expected.marker.test(text)) throw new Error(`--${flag}: ${path} holds no PEM ${expected.what}`);
+  if (!expected.marker.test(text)) throw new Error(`--${file.flag}: ${file.path} holds no PEM ${expected.what}`);
   return Buffer.from(text);
 }
 
-/** Loads and sanity-checks PEM files; throws an Error naming the flag and path on any problem. */
-export function loadTls(files: TlsFiles): TlsMaterial {
-  return {
-    ca: readPem(files.ca.flag, files.ca.path, CERTIFICATE),
-    cert: readPem(files.cert.flag, files.cert.path, CERTIFICATE),
-    key: readPem(files.key.flag, files.key.path, PRIVATE_KEY),
+/**
+ * Reads the files and checks that the private key belongs to the certificate; throws an Error
+ * naming the flags and paths on any problem.
+ */
+export function loadPemSet(files: CertificateFiles): PemSet {
+  const pems: PemSet = {
+    cert: readPem(files.cert, CERTIFICATE),
+    key: readPem(files.key, PRIVATE_KEY),
+    ca: files.ca ? readPem(files.ca, CERTIFICATE) : undefined,
   };
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(pems.cert);
+  } catch (err) {
+    throw new Error(`--${files.cert.flag}: ${files.cert.path} is not a readable certificate: ${(err as Error).message}`);
+  }
+  let matches: boolean;
+  try {
+    matches = certificate.checkPrivateKey(createPrivateKey(pems.key));
+  } catch (err) {
+    throw new Error(`--${files.key.flag}: ${files.key.path} is not a readable private key: ${(err as Error).message}`);
+  }
+  if (!matches) {
+    throw new Error(
+      `--${files.key.flag} ${files.key.path} is not the private key of the certificate in --${files.cert.flag} ${files.cert.path}`,
+    );
+  }
+  return pems;
+}
+
+/** The QUIC identity in `pems`, which must hold a CA. */
+export function tlsMaterial(pems: PemSet): TlsMaterial {
+  if (!pems.ca) throw new Error("a CA file is required");
+  return { cert: pems.cert, key: pems.key, ca: pems.ca };
+}
+
+/** Loads a QUIC identity with its CA; throws an Error naming the flag and path on any problem. */
+export function loadTls(files: Required<CertificateFiles>): TlsMaterial {
+  return tlsMaterial(loadPemSet(files));
+}
+
+/** What is wrong with `certificate`'s validity now, or undefined; warns about the coming end. */
+export function validityProblem(certificate: X509Certificate, now = Date.now()): string | undefined {
+  const from = Date.parse(certificate.validFrom);
+  const to = Date.parse(certificate.validTo);
+  if (now < from) return `is not valid yet: valid from ${certificate.validFrom}`;
+  if (now > to) return `expired on ${certificate.validTo}`;
+  if (to - now < EXPIRY_WARNING_MS) return `expires in ${Math.floor((to - now) / (24 * 3600 * 1000))} days, on ${certificate.validTo}`;
+  return undefined;
 }
 
 /**
@@ -65,7 +127,68 @@ export function watchFiles<T>(
   };
 }
 
-/** Watches the three files of {@link loadTls} and reloads them together. */
-export function watchTls(files: TlsFiles, handlers: { onChange: (tls: TlsMaterial) => void; onError: (err: Error) => void }): () => void {
-  return watchFiles([files.ca.path, files.cert.path, files.key.path], { load: () => loadTls(files), ...handlers });
+/** Per registry: each watched certificate file's flag and expiry (Unix seconds). */
+const expiriesOf = new WeakMap<Registry, Map<string, { flag: string; seconds: number }>>();
+
+/** Records the certificate files' ends for `quic_tunnel_certificate_expiry_timestamp_seconds`. */
+function trackExpiry(registry: Registry, files: CertificateFiles, pems: PemSet): void {
+  let expiries = expiriesOf.get(registry);
+  if (expiries === undefined) {
+    const known = new Map<string, { flag: string; seconds: number }>();
+    new Gauge(
+      registry,
+      "quic_tunnel_certificate_expiry_timestamp_seconds",
+      "When each certificate file's (first) certificate expires, as a Unix time.",
+      () => [...known].map(([file, { flag, seconds }]) => [{ file, flag }, seconds]),
+    );
+    expiriesOf.set(registry, known);
+    expiries = known;
+  }
+  for (const [file, pem] of [
+    [files.cert, pems.cert],
+    [files.ca, pems.ca],
+  ] as const) {
+    if (file && pem) expiries.set(file.path, { flag: file.flag, seconds: Date.parse(new X509Certificate(pem).validTo) / 1000 });
+  }
+}
+
+/** Logs what is wrong or about to be with the certificates of `pems`. */
+function warnValidity(log: Logger, files: CertificateFiles, pems: PemSet): void {
+  for (const [file, pem] of [
+    [files.cert, pems.cert],
+    [files.ca, pems.ca],
+  ] as const) {
+    if (!file || !pem) continue;
+    const problem = validityProblem(new X509Certificate(pem));
+    if (problem) log.warn("certificate in --{flag} {path} {problem}", { flag: file.flag, path: file.path, problem });
+  }
+}
+
+/**
+ * Checks the files' validity now (warning about expired, not yet valid, or soon expiring ones),
+ * exports their expiry, and watches them: a changed set that loads and checks is handed to
+ * `onChange`; a broken one is logged and the previous one kept.
+ */
+export function watchCertificates(
+  files: CertificateFiles,
+  handlers: { log: Logger; registry: Registry; onChange: (pems: PemSet) => void },
+): () => void {
+  const { log, registry } = handlers;
+  const pems = loadPemSet(files);
+  trackExpiry(registry, files, pems);
+  warnValidity(log, files, pems);
+  const flags = [files.cert, files.key, files.ca].flatMap((file) => (file ? [`--${file.flag}`] : [])).join(", ");
+  return watchFiles([files.cert.path, files.key.path, ...(files.ca ? [files.ca.path] : [])], {
+    load: () => {
+      const fresh = loadPemSet(files);
+      trackExpiry(registry, files, fresh);
+      warnValidity(log, files, fresh);
+      return fresh;
+    },
+    onChange: (fresh) => {
+      handlers.onChange(fresh);
+      log.info("certificate files changed ({flags}); new handshakes use them", { flags });
+    },
+    onError: (err) => log.error("certificate reload failed, keeping the previous certificates: {error}", { error: err }),
+  });
 }

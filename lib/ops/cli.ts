@@ -7,6 +7,7 @@
 import pkg from "../../package.json" with { type: "json" };
 import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "../protocol.ts";
 import { ENGINE_CHOICES } from "../quic/mod.ts";
+import type { PipeOptions } from "../tunnel/pipe.ts";
 import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, parseFlags } from "./flags.ts";
 
 /** The release version, from package.json. */
@@ -19,7 +20,13 @@ export const COMMON_FLAGS = {
     kind: "duration",
     value: "dur",
     default: "0",
-    help: "Close a tunnel that carried no byte either way for this long (0: never); also ends a tunnel left half-open by a lost FIN.",
+    help: "Close a tunnel that carried no byte either way for this long (0: never).",
+  },
+  "half-close-timeout": {
+    kind: "duration",
+    value: "dur",
+    default: "10s",
+    help: "Once one side of a tunnel has closed, close the other if no byte moves for this long (0: never). Ends tunnels whose far end vanished, and chains of tunnels into the server itself.",
   },
   "admin-addr": {
     kind: "hostport",
@@ -131,6 +138,11 @@ export const AGENT_FLAGS = {
   ...TRANSPORT_FLAGS,
   ...COMMON_FLAGS,
 } satisfies Record<string, FlagSpec>;
+
+/** The pipe timeouts of a tunnel from {@link COMMON_FLAGS}. */
+export function tunnelTimeouts(values: FlagValues<typeof COMMON_FLAGS>): PipeOptions {
+  return { idleTimeoutMs: values["tunnel-idle-timeout"], halfCloseTimeoutMs: values["half-close-timeout"] };
+}
 
 /** Transport options from parsed {@link TRANSPORT_FLAGS}. */
 export function transportOptions(values: FlagValues<typeof TRANSPORT_FLAGS>): Partial<TransportOptions> {

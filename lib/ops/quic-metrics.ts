@@ -5,6 +5,7 @@
  */
 
 import type { ConnectionStats, QuicConnection, QuicServer } from "../quic/mod.ts";
+import type { Logger } from "./log.ts";
 import { Counter, Gauge, type Registry } from "./metrics.ts";
 
 /** Registers RTT, congestion window, stream and packet series for the connections `list` returns. */
@@ -56,4 +57,24 @@ export function registerQuicServerMetrics(registry: Registry, server: QuicServer
     "QUIC Initial packets dropped before a handshake began, by reason (invalid_token, handshake_limit, address_limit, ...).",
     () => Object.entries(server.stats().refused).map(([reason, count]) => [{ reason }, count]),
   );
+}
+
+/**
+ * Logs, every `intervalMs` (10 s) and only when there were some, how many Initials the server
+ * dropped before a handshake began and why: a flood costs a line now and then, not a line each.
+ */
+export function reportRefusedInitials(server: QuicServer, log: Logger, intervalMs = 10_000): void {
+  let before: Record<string, number> = {};
+  setInterval(() => {
+    const refused = server.stats().refused;
+    const fresh = Object.entries(refused)
+      .map(([reason, count]) => [reason, count - (before[reason] ?? 0)] as const)
+      .filter(([, count]) => count > 0);
+    before = refused;
+    if (fresh.length > 0)
+      log.warn("dropped QUIC Initials in the last {seconds} s: {counts}", {
+        seconds: intervalMs / 1000,
+        counts: Object.fromEntries(fresh),
+      });
+  }, intervalMs).unref();
 }

@@ -20,7 +20,7 @@ const TLS_ALERTS: Record<number, string> = {
   42: "bad certificate",
   43: "unsupported certificate",
   44: "certificate revoked",
-  45: "certificate expired",
+  45: "certificate expired or not yet valid",
   46: "certificate unknown",
   48: "unknown CA",
   49: "access denied",

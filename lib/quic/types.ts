@@ -154,4 +154,9 @@ export interface QuicEngine {
   connect(options: ConnectOptions): Promise<QuicConnection>;
   /** Binds a server endpoint; rejects with the address in the message when binding fails. */
   listen(options: ListenOptions): Promise<QuicServer>;
+  /**
+   * Dials without verifying the server and resolves with its certificate, or undefined: for
+   * explaining a handshake that failed (which names the certificate carries, who signed it).
+   */
+  peekCertificate(options: ConnectOptions): Promise<X509Certificate | undefined>;
 }

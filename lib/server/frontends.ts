@@ -6,18 +6,22 @@
  * @module
  */
 
-import { lstatSync, readFileSync, unlinkSync } from "node:fs";
+import { lstatSync, unlinkSync } from "node:fs";
 import { connect as connectSocket, createServer as createNetServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { createServer as createTlsServer } from "node:tls";
+import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { formatHostPort, type HostPort } from "../hostport.ts";
+import { type CertificateFiles, loadPemSet, type PemSet } from "../ops/certificates.ts";
 
-/** TLS settings of the TCP listener. */
-export interface FrontendTls {
-  certFile: string;
-  keyFile: string;
-  /** When set, clients must present a certificate this CA signed. */
-  clientCaFile?: string;
+/** A listening frontend. */
+export interface Frontend {
+  server: Server;
+  /** Where it listens, for the log: `host:port` or the socket path. */
+  bound: string;
+  /** Its TCP address, for loop refusal (none for a Unix socket). */
+  address?: HostPort;
+  /** Uses new certificates for new client handshakes (a TLS frontend). */
+  setTls?(pems: PemSet): void;
 }
 
 function listening(server: Server, where: string, listen: (done: () => void) => void): Promise<string> {
@@ -30,50 +34,41 @@ function listening(server: Server, where: string, listen: (done: () => void) => 
   });
 }
 
-/** Reads the frontend's TLS files for a secure context; throws an Error naming the flag. */
-export function readFrontendTls(tls: FrontendTls): { cert: Buffer; key: Buffer; ca?: Buffer } {
-  const read = (flag: string, path: string) => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new Error(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-    }
-  };
-  return {
-    cert: read("tcp-cert-file", tls.certFile),
-    key: read("tcp-cert-key", tls.keyFile),
-    ca: tls.clientCaFile ? read("tcp-client-ca-file", tls.clientCaFile) : undefined,
-  };
-}
-
-/** Starts the TCP listener, with TLS when `tls` is given. Resolves with the bound `host:port`. */
-export function listenTcp(
+/**
+ * Starts the TCP listener, with TLS when `tls` names certificate files (clients must then present
+ * a certificate if a CA is named too).
+ */
+export async function listenTcp(
   address: HostPort,
-  tls: FrontendTls | undefined,
+  tls: CertificateFiles | undefined,
   onClient: (socket: Duplex) => void,
-): Promise<{ server: Server; bound: string }> {
+): Promise<Frontend> {
   let server: Server;
+  let setTls: Frontend["setTls"];
   if (tls) {
-    const required = Boolean(tls.clientCaFile);
-    server = createTlsServer(
-      { ...readFrontendTls(tls), requestCert: required, rejectUnauthorized: required, allowHalfOpen: true },
+    const required = Boolean(tls.ca);
+    const secure = createTlsServer(
+      { ...loadPemSet(tls), requestCert: required, rejectUnauthorized: required, allowHalfOpen: true },
       onClient,
     );
-    server.on("tlsClientError", () => {
+    secure.on("tlsClientError", () => {
       // A client without a valid certificate: the handshake failed and the socket is gone.
     });
+    setTls = (pems) => (secure as TlsServer).setSecureContext(pems);
+    server = secure;
   } else {
     server = createNetServer({ allowHalfOpen: true, noDelay: true }, onClient);
   }
-  const where = `TCP on ${formatHostPort(address)}`;
-  return listening(server, where, (done) => server.listen(address.port, address.host, done)).then((bound) => ({ server, bound }));
+  const bound = await listening(server, `TCP on ${formatHostPort(address)}`, (done) => server.listen(address.port, address.host, done));
+  const actual = server.address();
+  return { server, bound, setTls, address: actual && typeof actual === "object" ? { host: actual.address, port: actual.port } : address };
 }
 
 /**
  * Starts a Unix domain socket listener at `path`. A socket file left by a dead process is removed;
  * a live socket or any other kind of file there is an error.
  */
-export async function listenUnix(path: string, onClient: (socket: Duplex) => void): Promise<{ server: Server; bound: string }> {
+export async function listenUnix(path: string, onClient: (socket: Duplex) => void): Promise<Frontend> {
   let stat: ReturnType<typeof lstatSync> | undefined;
   try {
     stat = lstatSync(path);

@@ -2,16 +2,19 @@
  * The agent's target allow-list (`--allow`, repeatable). A rule is `HOST[:PORTS]`:
  * HOST is `*`, a name (`kubelet.local`), a wildcard name (`*.svc.cluster.local`), an IP, or a CIDR
  * (`10.0.0.0/8`, `[fd00::/8]`); PORTS is `*` (the default), a port, a list or ranges (`80,443,8000-8999`).
- * Names are matched as written; CIDR rules are matched against the address a name resolves to, and the
- * agent dials exactly that checked address, so DNS rebinding cannot slip past a CIDR rule.
+ *
+ * Names are matched as the client wrote them. IP and CIDR rules are matched against the address
+ * the target is dialed at (lib/tunnel/address.ts), in that address's own family: an IPv6 rule never
+ * lets an IPv4 host through, however the client spells it. The agent dials exactly the address that
+ * was checked, so DNS rebinding cannot slip past a CIDR rule either.
  *
  * @module
  */
-import { lookup } from "node:dns/promises";
-import { isIP } from "node:net";
+import type ipaddr from "ipaddr.js";
 import type { HostPort } from "../hostport.ts";
+import { type DialAddress, dialAddress, type Resolve, resolveTarget } from "./address.ts";
 
-type HostMatcher = { kind: "any" } | { kind: "name"; pattern: RegExp } | { kind: "cidr"; family: 4 | 6; network: bigint; bits: number };
+type HostMatcher = { kind: "any" } | { kind: "name"; pattern: RegExp } | { kind: "cidr"; range: [ipaddr.IPv4 | ipaddr.IPv6, number] };
 
 /** One parsed `--allow` rule. */
 export interface AllowRule {
@@ -19,24 +22,6 @@ export interface AllowRule {
   host: HostMatcher;
   /** Inclusive port ranges; empty means any port. */
   ports: Array<[number, number]>;
-}
-
-/** Parses an IPv4 or IPv6 literal to a number, or undefined. */
-function addressValue(address: string): { family: 4 | 6; value: bigint } | undefined {
-  const family = isIP(address);
-  if (family === 4) {
-    return { family: 4, value: address.split(".").reduce((acc, part) => (acc << 8n) | BigInt(Number(part)), 0n) };
-  }
-  if (family !== 6) return undefined;
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return addressValue(mapped[1]);
-  let [head, tail = ""] = address.split("%")[0].split("::");
-  if (!address.includes("::")) tail = "";
-  const parse = (text: string) => (text === "" ? [] : text.split(":").map((part) => BigInt(Number.parseInt(part, 16))));
-  const left = parse(head);
-  const right = parse(tail);
-  const groups = [...left, ...Array(8 - left.length - right.length).fill(0n), ...right];
-  return { family: 6, value: groups.reduce((acc, group) => (acc << 16n) | group, 0n) };
 }
 
 function parsePorts(text: string, rule: string): Array<[number, number]> {
@@ -48,6 +33,18 @@ function parsePorts(text: string, rule: string): Array<[number, number]> {
     if (!match || low < 1 || high > 65535 || low > high) throw new Error(`--allow ${rule}: bad port or range ${JSON.stringify(part)}`);
     return [low, high];
   });
+}
+
+/** Parses an IP or CIDR of a rule, in the family it is dialed in (an IPv4-mapped rule is IPv4). */
+function parseRange(text: string): [ipaddr.IPv4 | ipaddr.IPv6, number] | undefined {
+  const [addressText, bitsText] = text.split("/");
+  const address = dialAddress(addressText);
+  if (address === undefined) return undefined;
+  const max = address.family === 4 ? 32 : 128;
+  const mapped = address.family === 4 && addressText.includes(":");
+  const bits = bitsText === undefined ? max : Number(bitsText) - (mapped ? 96 : 0);
+  if (!/^\d*$/.test(bitsText ?? "") || !Number.isInteger(bits) || bits < 0 || bits > max) return undefined;
+  return [address.parsed, bits];
 }
 
 /** Parses one `--allow` value; throws an Error naming the rule when it is malformed. */
@@ -66,16 +63,12 @@ export function parseAllowRule(text: string): AllowRule {
   }
   const ports = parsePorts(portText, text);
   if (hostText === "*") return { text, host: { kind: "any" }, ports };
-  const [addressText, bitsText] = hostText.split("/");
-  const address = addressValue(addressText);
-  if (address) {
-    const max = address.family === 4 ? 32 : 128;
-    const bits = bitsText === undefined ? max : Number(bitsText);
-    if (!Number.isInteger(bits) || bits < 0 || bits > max) throw new Error(`--allow ${text}: bad prefix length`);
-    const mask = bits === 0 ? 0n : ((1n << BigInt(bits)) - 1n) << BigInt(max - bits);
-    return { text, host: { kind: "cidr", family: address.family, network: address.value & mask, bits }, ports };
+  if (/^[0-9a-f:.%]+(\/\d+)?$/i.test(hostText) && (hostText.includes(":") || /^[0-9./]+$/.test(hostText))) {
+    const range = parseRange(hostText);
+    if (range === undefined) throw new Error(`--allow ${text}: bad IP address or prefix length`);
+    return { text, host: { kind: "cidr", range }, ports };
   }
-  if (bitsText !== undefined || !/^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$/.test(hostText)) {
+  if (!/^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$/.test(hostText)) {
     throw new Error(`--allow ${text}: expected *, a host name, *.domain, an IP or a CIDR`);
   }
   const escaped = hostText
@@ -89,27 +82,24 @@ function portAllowed(rule: AllowRule, port: number): boolean {
   return rule.ports.length === 0 || rule.ports.some(([low, high]) => port >= low && port <= high);
 }
 
-function addressAllowed(rule: AllowRule, address: string): boolean {
-  if (rule.host.kind === "any") return true;
+/** True when `address` lies in the rule's range, compared in the address's own family. */
+function inRange(rule: AllowRule, address: DialAddress): boolean {
   if (rule.host.kind !== "cidr") return false;
-  const value = addressValue(address);
-  if (!value || value.family !== rule.host.family) return false;
-  const max = value.family === 4 ? 32 : 128;
-  const mask = rule.host.bits === 0 ? 0n : ((1n << BigInt(rule.host.bits)) - 1n) << BigInt(max - rule.host.bits);
-  return (value.value & mask) === rule.host.network;
+  const [network, bits] = rule.host.range;
+  return network.kind() === address.parsed.kind() && address.parsed.match(network, bits);
 }
 
 /** The verdict on one CONNECT target: the address to dial, or why not. */
-export type Verdict = { allowed: true; address: string } | { allowed: false; reason: string };
+export type Verdict = { allowed: true; address: DialAddress } | { allowed: false; reason: string };
 
 /** A set of rules; a target is allowed when any rule allows it. No rules means allow all. */
 export class AllowList {
   readonly rules: AllowRule[];
-  readonly #resolve: (host: string) => Promise<string[]>;
+  readonly #resolve: Resolve | undefined;
 
-  constructor(rules: string[], options: { resolve?: (host: string) => Promise<string[]> } = {}) {
+  constructor(rules: string[], options: { resolve?: Resolve } = {}) {
     this.rules = rules.map(parseAllowRule);
-    this.#resolve = options.resolve ?? (async (host) => (await lookup(host, { all: true })).map((entry) => entry.address));
+    this.#resolve = options.resolve;
   }
 
   /** True when no rule restricts anything (the reference's open-proxy behaviour). */
@@ -118,22 +108,25 @@ export class AllowList {
   }
 
   /**
-   * Decides on `target` and resolves the address to dial. Names are resolved here (once), so the
-   * address checked against CIDR rules is the address dialed. Rejects only when resolution fails.
+   * Decides on `target` and says which address to dial. The target is resolved here, once, so the
+   * address checked is the address dialed. Rejects only when resolution fails.
    */
   async check(target: HostPort): Promise<Verdict> {
-    const denied = { allowed: false as const, reason: `target ${target.host}:${target.port} is not allowed by the agent's --allow rules` };
-    if (this.allowsAll) return { allowed: true, address: target.host };
+    const denied = (address?: DialAddress): Verdict => ({
+      allowed: false,
+      reason: `target ${target.host}:${target.port}${address ? ` (${address.ip})` : ""} is not allowed by the agent's --allow rules`,
+    });
     const candidates = this.rules.filter((rule) => portAllowed(rule, target.port));
-    if (candidates.length === 0) return denied;
-    if (isIP(target.host))
-      return candidates.some((rule) => addressAllowed(rule, target.host)) ? { allowed: true, address: target.host } : denied;
+    const isName = dialAddress(target.host) === undefined;
     const name = target.host.toLowerCase();
-    const byName = candidates.some((rule) => rule.host.kind === "any" || (rule.host.kind === "name" && rule.host.pattern.test(name)));
-    if (!byName && !candidates.some((rule) => rule.host.kind === "cidr")) return denied;
-    const addresses = await this.#resolve(target.host);
+    const byName =
+      this.allowsAll ||
+      candidates.some((rule) => rule.host.kind === "any" || (isName && rule.host.kind === "name" && rule.host.pattern.test(name)));
+    // A target no rule can allow is refused without asking DNS about it.
+    if (!byName && !candidates.some((rule) => rule.host.kind === "cidr")) return denied();
+    const addresses = await resolveTarget(target.host, this.#resolve);
     if (byName) return { allowed: true, address: addresses[0] };
-    const address = addresses.find((candidate) => candidates.some((rule) => addressAllowed(rule, candidate)));
-    return address ? { allowed: true, address } : denied;
+    const address = addresses.find((candidate) => candidates.some((rule) => inRange(rule, candidate)));
+    return address ? { allowed: true, address } : denied(addresses[0]);
   }
 }

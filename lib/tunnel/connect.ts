@@ -45,6 +45,7 @@ const REASONS: Record<number, string> = {
   502: "Bad Gateway",
   503: "Service Unavailable",
   504: "Gateway Timeout",
+  508: "Loop Detected",
 };
 
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -104,36 +105,69 @@ export function parseConnectTarget(target: string): HostPort {
   return address;
 }
 
+const VERSIONS = ["HTTP/1.0", "HTTP/1.1"];
+// biome-ignore lint/suspicious/noControlCharactersInRegex: a request target holds no control character
+const REQUEST_LINE_START = /^([!#$%&'*+.^_`|~0-9A-Za-z-]*)(?: ([^\x00-\x20\x7f]*)(?: (.*))?)?$/s;
+
 /**
- * Reads one request head from `input`, leaving the stream paused. Resolves with the head and the
- * bytes that followed it (they belong to the tunnel). Rejects with {@link HttpError} 400, 408 or 431,
- * or with a plain Error when the peer closes before a complete head.
+ * Why `start`, the first bytes a client sent, cannot begin an HTTP/1.x request line, or undefined
+ * while it still could. A TLS ClientHello or a line of garbage is refused at its first bytes
+ * instead of waiting for a blank line that never comes.
  */
-export function readRequestHead(input: Readable, limits: HeadLimits): Promise<{ head: RequestHead; rest: Buffer }> {
+export function impossibleRequestStart(start: Buffer): string | undefined {
+  const newline = start.indexOf("\n");
+  const line = start.toString("latin1", 0, newline < 0 ? Math.min(start.length, 8192) : newline).replace(/\r$/, "");
+  const parts = REQUEST_LINE_START.exec(line);
+  if (parts === null) return "the request does not begin with an HTTP request line";
+  const [, method, target, version] = parts;
+  const complete = newline >= 0;
+  if (method === "" && (complete || line.length > 0)) return "the request does not begin with an HTTP method";
+  if (target === undefined) return complete ? "malformed request line" : undefined;
+  if (version === undefined) return complete || (target === "" && line.length > method.length + 1) ? "malformed request line" : undefined;
+  if (target === "") return "malformed request target";
+  const fits = complete ? VERSIONS.includes(version) : VERSIONS.some((known) => known.startsWith(version));
+  return fits ? undefined : `unsupported protocol version ${JSON.stringify(version.slice(0, 16))}`;
+}
+
+/** A request head read from a stream: parsed, its raw bytes, and the bytes that followed it. */
+export interface ReadHead {
+  head: RequestHead;
+  /** The head as received, blank line included. */
+  raw: Buffer;
+  /** Bytes after the head: they belong to the tunnel. */
+  rest: Buffer;
+}
+
+/**
+ * Reads one request head from `input`, leaving the stream paused. Rejects with {@link HttpError}
+ * 400 (at the first bytes that cannot begin a request), 408 or 431, or with a plain Error when the
+ * peer closes before a complete head.
+ */
+export function readRequestHead(input: Readable, limits: HeadLimits): Promise<ReadHead> {
   return new Promise((resolve, reject) => {
     let buffered: Buffer = Buffer.alloc(0);
-    const finish = (error: Error | null, value?: { head: RequestHead; rest: Buffer }) => {
+    const finish = (error: Error | null, value?: ReadHead) => {
       clearTimeout(timer);
       input.off("data", onData);
       input.off("end", onEnd);
       input.off("error", onError);
       input.pause();
       if (error) reject(error);
-      else resolve(value as { head: RequestHead; rest: Buffer });
+      else resolve(value as ReadHead);
     };
     const onData = (chunk: Buffer) => {
       buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
       const end = headEnd(buffered);
       if (end < 0) {
-        if (buffered.length > limits.maxBytes) {
-          finish(new HttpError(431, `request head exceeds ${limits.maxBytes} bytes`));
-        }
+        const impossible = impossibleRequestStart(buffered);
+        if (impossible) finish(new HttpError(400, impossible));
+        else if (buffered.length > limits.maxBytes) finish(new HttpError(431, `request head exceeds ${limits.maxBytes} bytes`));
         return;
       }
       if (end > limits.maxBytes) return finish(new HttpError(431, `request head exceeds ${limits.maxBytes} bytes`));
       try {
         const head = parseRequestHead(buffered.toString("latin1", 0, end).replace(/\r?\n\r?\n$/, ""));
-        finish(null, { head, rest: buffered.subarray(end) });
+        finish(null, { head, raw: buffered.subarray(0, end), rest: buffered.subarray(end) });
       } catch (err) {
         finish(err as Error);
       }

@@ -81,6 +81,12 @@ function forward(from: Duplex, to: Duplex, count: (n: number) => void): void {
 export interface PipeOptions {
   /** Tear both sides down when no byte moved either way for this long (0 or absent: never). */
   idleTimeoutMs?: number;
+  /**
+   * Once one direction has ended, tear both down when no byte moved for this long (0 or absent:
+   * never). A half-closed tunnel that carries nothing is usually one whose other end is gone
+   * without a word (a chain of tunnels into each other, a peer that vanished mid-close).
+   */
+  halfCloseTimeoutMs?: number;
 }
 
 /**
@@ -91,19 +97,37 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
   const result: PipeResult = { sent: 0, received: 0 };
   let lastActivity = performance.now();
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
-  const idleMs = options.idleTimeoutMs ?? 0;
+  let halfClosed = false;
+  /** How long the tunnel may stay quiet now: the idle limit, shorter once half-closed. */
+  const quietLimit = () => {
+    const limits = [options.idleTimeoutMs ?? 0, halfClosed ? (options.halfCloseTimeoutMs ?? 0) : 0].filter((ms) => ms > 0);
+    return limits.length > 0 ? Math.min(...limits) : 0;
+  };
   const checkIdle = () => {
+    const limit = quietLimit();
     const quiet = performance.now() - lastActivity;
-    if (quiet < idleMs) {
-      idleTimer = setTimeout(checkIdle, idleMs - quiet);
+    if (quiet < limit) {
+      idleTimer = setTimeout(checkIdle, limit - quiet);
       return;
     }
-    const error = new Error(`tunnel idle for ${idleMs} ms`);
-    result.error ??= error;
+    result.error ??= new Error(
+      halfClosed && limit === options.halfCloseTimeoutMs ? `tunnel half-closed and idle for ${limit} ms` : `tunnel idle for ${limit} ms`,
+    );
     abort(a);
     abort(b);
   };
-  if (idleMs > 0) idleTimer = setTimeout(checkIdle, idleMs);
+  const arm = () => {
+    clearTimeout(idleTimer);
+    idleTimer = quietLimit() > 0 ? setTimeout(checkIdle, Math.max(0, quietLimit() - (performance.now() - lastActivity))) : undefined;
+  };
+  arm();
+  const onHalfClose = () => {
+    if (halfClosed) return;
+    halfClosed = true;
+    arm();
+  };
+  a.once("end", onHalfClose);
+  b.once("end", onHalfClose);
   return new Promise((resolve) => {
     let open = 2;
     const onClose = (stream: Duplex, other: Duplex) => {

@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { loadTls, watchTls } from "../../lib/ops/certificates.ts";
-import { testCerts } from "../harness.ts";
+import { getLogger } from "@logtape/logtape";
+import { loadTls, validityProblem, watchCertificates } from "../../lib/ops/certificates.ts";
+import { Registry } from "../../lib/ops/metrics.ts";
+import { foreignCerts, testCerts } from "../harness.ts";
 
 const files = (dir: string) => ({
   ca: { flag: "ca-file", path: join(dir, "ca.crt") },
@@ -25,25 +28,50 @@ test("loads PEM files and names the flag of a bad one", () => {
   writeFileSync(join(dir, "client.key"), "nope");
   assert.throws(() => loadTls(files(dir)), /--cert-key: .*client\.key holds no PEM private key/);
   assert.throws(
-    () => loadTls({ ...files(dir), ca: { flag: "ca-file", path: join(dir, "absent") } }),
+    () => loadTls({ ...files(copyCerts()), ca: { flag: "ca-file", path: join(dir, "absent") } }),
     /--ca-file: cannot read .*absent: ENOENT/,
   );
 });
 
-test("watchTls reports a changed set once, and a broken one as an error", async () => {
+test("a key that is not the certificate's is an error naming both flags", () => {
   const dir = copyCerts();
+  copyFileSync(foreignCerts().clientKey, join(dir, "client.key"));
+  assert.throws(
+    () => loadTls(files(dir)),
+    /--cert-key .*client\.key is not the private key of the certificate in --cert-file .*client\.crt/,
+  );
+});
+
+test("validity: not yet valid is said as such, expired as expired, and the last 30 days are warned about", () => {
+  const certificate = new X509Certificate(readFileSync(testCerts().clientCert));
+  const from = Date.parse(certificate.validFrom);
+  const to = Date.parse(certificate.validTo);
+  assert.match(String(validityProblem(certificate, from - 1000)), /^is not valid yet: valid from /);
+  assert.match(String(validityProblem(certificate, to + 1000)), /^expired on /);
+  assert.match(String(validityProblem(certificate, to - 10 * 24 * 3600 * 1000)), /^expires in 10 days, on /);
+  assert.equal(validityProblem(certificate, from + 1000), undefined);
+});
+
+test("watched certificates: expiry as a metric, a rotation applied, a broken one refused and the old kept", {
+  timeout: 30_000,
+}, async () => {
+  const dir = copyCerts();
+  const registry = new Registry();
   const seen: string[] = [];
-  const stop = watchTls(files(dir), {
-    onChange: () => seen.push("change"),
-    onError: (err) => seen.push(`error: ${err.message}`),
-  });
+  const log = getLogger(["quic-tunnel", "test"]);
+  const stop = watchCertificates(files(dir), { log, registry, onChange: () => seen.push("change") });
+  const expiry = Date.parse(new X509Certificate(readFileSync(join(dir, "client.crt"))).validTo) / 1000;
+  assert.ok(
+    registry
+      .render()
+      .includes(`quic_tunnel_certificate_expiry_timestamp_seconds{file="${join(dir, "client.crt")}",flag="cert-file"} ${expiry}\n`),
+  );
   const settle = () => new Promise((resolve) => setTimeout(resolve, 2_000));
   await settle(); // rotations come long after start-up; the first poll takes the baseline
   writeFileSync(join(dir, "client.crt"), `\n${readFileSync(join(dir, "client.crt"), "utf8")}`);
   await settle();
-  writeFileSync(join(dir, "client.crt"), "garbage");
+  copyFileSync(foreignCerts().clientKey, join(dir, "client.key"));
   await settle();
   stop();
-  assert.equal(seen[0], "change");
-  assert.match(seen.at(-1) ?? "", /^error: --cert-file: .*client\.crt holds no PEM certificate$/);
+  assert.deepEqual(seen, ["change"], "the mismatched key was not applied");
 });

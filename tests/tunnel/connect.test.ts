@@ -3,6 +3,7 @@ import { PassThrough } from "node:stream";
 import { test } from "node:test";
 import {
   HttpError,
+  impossibleRequestStart,
   parseConnectTarget,
   parseRequestHead,
   readRequestHead,
@@ -111,4 +112,33 @@ test("replyAndClose answers, ends and drains the request", async () => {
   replyAndClose(socket, 502, { reason: "refused", lingerMs: 50 });
   await closed;
   assert.match(Buffer.concat(chunks).toString(), /^HTTP\/1\.1 502 Bad Gateway\r\n[\s\S]*refused\n$/);
+});
+
+test("the first bytes that cannot begin an HTTP request are refused at once; those that can, are not", () => {
+  const start = (text: string | Buffer) => impossibleRequestStart(Buffer.isBuffer(text) ? text : Buffer.from(text, "latin1"));
+  for (const possible of [
+    "",
+    "C",
+    "CONNECT",
+    "CONNECT ",
+    "CONNECT a",
+    "CONNECT a:1 ",
+    "CONNECT a:1 HT",
+    "CONNECT a:1 HTTP/1.",
+    "CONNECT a:1 HTTP/1.1\r",
+  ]) {
+    assert.equal(start(possible), undefined, JSON.stringify(possible));
+  }
+  assert.equal(start("CONNECT a:1 HTTP/1.1\r\nHost: x"), undefined);
+  for (const impossible of [
+    Buffer.from("160301", "hex"),
+    "\x00",
+    "hello there\r\n",
+    "GET  / HTTP/1.1",
+    "CONNECT a:1 SPDY/3",
+    "CONNECT a:1 HTTP/2.0\r\n",
+    "CONNECT a\x01b HTTP/1.1",
+  ]) {
+    assert.ok(start(impossible), JSON.stringify(impossible.toString()));
+  }
 });

@@ -139,3 +139,19 @@ test("large chunks through real sockets both ways arrive intact (sha256)", async
   closeA();
   closeB();
 });
+
+test("a half-closed tunnel that carries nothing is ended after --half-close-timeout; an open idle one is not", async () => {
+  const [clientA, a, closeA] = await socketPair();
+  const [b, serverB, closeB] = await socketPair();
+  const piping = pipeBoth(a, b, { halfCloseTimeoutMs: 200 });
+  clientA.resume();
+  serverB.resume();
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  assert.equal(a.destroyed, false, "both directions open: no timeout");
+  clientA.end("request, then nothing more from either side");
+  const result = await piping;
+  assert.match(String(result.error?.message), /half-closed and idle for 200 ms/);
+  clientA.destroy();
+  closeA();
+  closeB();
+});

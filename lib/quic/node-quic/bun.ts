@@ -11,6 +11,8 @@ import { inspect } from "node:util";
 export interface BunSessionOptions extends SessionOptions {
   /** Keep-alive PING interval in milliseconds. */
   keepAlive?: number;
+  /** `manual`: a client completes the handshake whatever the server's certificate, and reports it. */
+  verifyPeer?: "auto" | "strict" | "manual";
 }
 
 /** Session fields Bun has that the typings lack. */

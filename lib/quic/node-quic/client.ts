@@ -3,6 +3,7 @@
  *
  * @module
  */
+import type { X509Certificate } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import type { QuicStream as NodeStream, QuicSession } from "node:quic";
@@ -17,12 +18,27 @@ import { CLIENT_INCOMING_STREAMS, clientSessionOptions } from "./options.ts";
 const ignore = () => {};
 
 /** Dials a server; resolves once the handshake is complete and the server has confirmed it. */
-export async function connect(options: ConnectOptions): Promise<NodeQuicConnection> {
+export function connect(options: ConnectOptions): Promise<NodeQuicConnection> {
+  return dial(options, { verifyServer: true });
+}
+
+/**
+ * Dials without verifying the server and resolves with its certificate, to explain a handshake
+ * that failed; undefined when even that fails.
+ */
+export async function peekCertificate(options: ConnectOptions): Promise<X509Certificate | undefined> {
+  const connection = await dial(options, { verifyServer: false }).catch(() => undefined);
+  connection?.close(0, "certificate check");
+  return connection?.peerCertificate;
+}
+
+async function dial(options: ConnectOptions, checks: { verifyServer: boolean }): Promise<NodeQuicConnection> {
   const quic = await import("node:quic");
   const transport = { ...DEFAULT_TRANSPORT, ...options.transport };
   let sessionOptions: BunSessionOptions;
   try {
     sessionOptions = clientSessionOptions(options.tls, transport, options.serverName);
+    if (!checks.verifyServer) sessionOptions.verifyPeer = "manual";
   } catch (err) {
     throw new QuicError(`TLS configuration rejected: ${(err as Error).message}`, { cause: err });
   }

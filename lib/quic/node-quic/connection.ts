@@ -18,8 +18,8 @@ const CREDIT_WAIT_MS = 1000;
  * flow control towards a slow reader), so a stream or connection that holds more than this for a
  * reader that does not keep up is reset: memory stays bounded at the cost of that tunnel.
  */
-const STREAM_BUFFER_LIMIT = 16 << 20;
-const CONNECTION_BUFFER_LIMIT = 64 << 20;
+const STREAM_BUFFER_LIMIT = 32 << 20;
+const CONNECTION_BUFFER_LIMIT = 128 << 20;
 const BUFFER_CHECK_MS = 100;
 /** How long a session whose streams ended without FINs gets to report its own close. */
 const LOST_SESSION_GRACE_MS = 1000;

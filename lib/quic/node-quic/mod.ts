@@ -6,8 +6,8 @@
  * @module
  */
 import type { QuicEngine } from "../types.ts";
-import { connect } from "./client.ts";
+import { connect, peekCertificate } from "./client.ts";
 import { listen } from "./server.ts";
 
 /** The node-quic engine. */
-export const nodeQuicEngine: QuicEngine = { name: "node-quic", connect, listen };
+export const nodeQuicEngine: QuicEngine = { name: "node-quic", connect, listen, peekCertificate };

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { randomBytes } from "node:crypto";
+import { randomBytes, type X509Certificate } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { formatHostPort } from "../../hostport.ts";
@@ -18,9 +18,23 @@ import { bindDatagramSocket } from "./datagram.ts";
 const CID_LENGTH = 20;
 
 /** Dials a server; resolves once the server has confirmed the handshake. */
-export async function connect(options: ConnectOptions): Promise<QuicheConnection> {
+export function connect(options: ConnectOptions): Promise<QuicheConnection> {
+  return dial(options, { verifyServer: true });
+}
+
+/**
+ * Dials without verifying the server and resolves with its certificate, to explain a handshake
+ * that failed; undefined when even that fails.
+ */
+export async function peekCertificate(options: ConnectOptions): Promise<X509Certificate | undefined> {
+  const connection = await dial(options, { verifyServer: false }).catch(() => undefined);
+  connection?.close(0, "certificate check");
+  return connection?.peerCertificate;
+}
+
+async function dial(options: ConnectOptions, checks: { verifyServer: boolean }): Promise<QuicheConnection> {
   const transport = { ...DEFAULT_TRANSPORT, ...options.transport };
-  const config = buildConfig(options.tls, transport);
+  const config = buildConfig(options.tls, transport, checks.verifyServer);
   const family = isIP(options.host);
   const target =
     family !== 0
@@ -41,6 +55,7 @@ export async function connect(options: ConnectOptions): Promise<QuicheConnection
       peer,
       send: socket.send,
       transport,
+      confirmed: checks.verifyServer,
       onEstablished: () => {
         connection.off("close", onClose);
         resolve(connection);

@@ -22,11 +22,14 @@ const SIGALGS = [
   "ed25519",
 ].join(":");
 
-/** Builds a quiche config that presents `tls.cert` and verifies the peer against `tls.ca`. */
-export function buildConfig(tls: TlsMaterial, options: TransportOptions): Config {
+/**
+ * Builds a quiche config that presents `tls.cert` and verifies the peer against `tls.ca` (unless
+ * `verifyPeer` is false: only to read a peer's certificate when explaining a failed handshake).
+ */
+export function buildConfig(tls: TlsMaterial, options: TransportOptions, verifyPeer = true): Config {
   let config: Config;
   try {
-    config = quiche.Config.withBoringSslCtx(true, false, tls.ca, [tls.key], [tls.cert], SIGALGS);
+    config = quiche.Config.withBoringSslCtx(verifyPeer, false, tls.ca, [tls.key], [tls.cert], SIGALGS);
   } catch (err) {
     throw new QuicError(`TLS configuration rejected: ${(err as Error).message}`, { cause: err });
   }

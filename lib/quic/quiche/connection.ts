@@ -70,8 +70,12 @@ export interface QuicheConnectionOptions {
   /** Sends the packets the connection produces. */
   send: (produce: PacketProducer) => void;
   transport: TransportOptions;
-  /** Called once when the handshake is complete (for a client: confirmed by the server). */
+  /**
+   * Called once when the handshake is complete: for a client, once the server confirmed it, unless
+   * `confirmed` is false (a look at the server's certificate needs no more).
+   */
   onEstablished: () => void;
+  confirmed?: boolean;
 }
 
 interface FinGuard {
@@ -103,7 +107,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   #keepAlive: ReturnType<typeof setInterval> | undefined;
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   #closeError: QuicError | undefined;
-  #confirmedByServer = false;
+  #confirmedByServer: boolean;
   #rttMs = 0;
   #rttReadAt = 0;
 
@@ -113,6 +117,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     this.#isServer = options.isServer;
     this.#sendPackets = options.send;
     this.#onEstablished = options.onEstablished;
+    this.#confirmedByServer = options.confirmed === false;
     this.#produce = (buffer) => {
       let result: ReturnType<Connection["send"]>;
       try {

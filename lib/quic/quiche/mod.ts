@@ -5,8 +5,8 @@
  * @module
  */
 import type { QuicEngine } from "../types.ts";
-import { connect } from "./client.ts";
+import { connect, peekCertificate } from "./client.ts";
 import { listen } from "./server.ts";
 
 /** The quiche engine. */
-export const quicheEngine: QuicEngine = { name: "quiche", connect, listen };
+export const quicheEngine: QuicEngine = { name: "quiche", connect, listen, peekCertificate };

@@ -1,0 +1,99 @@
+/**
+ * The control streams between our own agents and server, on top of the reference's protocol (which
+ * has none): a stream the agent opens carries one line.
+ *
+ * - `AGENT connect` or `AGENT passthrough`, as the agent connects: the server learns what its
+ *   clients must speak (HTTP CONNECT, or anything for agent-tcp) and answers on the same stream
+ *   with `LISTENERS host:port ...`, its client listeners, so the agent can refuse a CONNECT back
+ *   into the server itself (508 Loop Detected).
+ * - `GOAWAY`, before an agent shuts down: route no new tunnels to it.
+ *
+ * The reference's server never accepts streams from agents, so our agents work with it unchanged
+ * (without loop refusal); the reference's agents never open one, and our server treats them as
+ * CONNECT agents unless told `--passthrough`.
+ *
+ * @module
+ */
+import type { Duplex } from "node:stream";
+import { formatHostPort, type HostPort, parseHostPort } from "./hostport.ts";
+import { GOAWAY } from "./protocol.ts";
+import type { QuicConnection } from "./quic/mod.ts";
+
+/** What clients of an agent speak. */
+export type AgentKind = "connect" | "passthrough";
+
+/** A control line read from an agent's stream. */
+export type ControlMessage = { type: "hello"; kind: AgentKind } | { type: "goaway" };
+
+const MAX_LINE = 1024;
+
+/** Reads one line (without its newline) from `stream`; undefined when it ends, fails or runs long. */
+function readLine(stream: Duplex, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    let text = "";
+    const finish = (line: string | undefined) => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      resolve(line);
+    };
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString("latin1");
+      const newline = text.indexOf("\n");
+      if (newline >= 0) finish(text.slice(0, newline));
+      else if (text.length > MAX_LINE) finish(undefined);
+    };
+    const onEnd = () => finish(undefined);
+    const timer = setTimeout(() => finish(undefined), timeoutMs);
+    stream.on("error", () => finish(undefined));
+    stream.on("data", onData);
+    stream.once("end", onEnd);
+  });
+}
+
+/** Parses the first line of an agent's control stream; undefined for anything else. */
+export function parseControlLine(line: string | undefined): ControlMessage | undefined {
+  if (`${line}\n` === GOAWAY) return { type: "goaway" };
+  const hello = /^AGENT (connect|passthrough)$/.exec(line ?? "");
+  return hello ? { type: "hello", kind: hello[1] as AgentKind } : undefined;
+}
+
+/**
+ * Serves a stream an agent opened: reads its line, answers a hello with `listeners`, and ends the
+ * stream. Resolves with what the agent said, or undefined.
+ */
+export async function serveControlStream(stream: Duplex, listeners: () => readonly HostPort[]): Promise<ControlMessage | undefined> {
+  const message = parseControlLine(await readLine(stream, 5_000));
+  if (message?.type === "hello") stream.end(`LISTENERS ${listeners().map(formatHostPort).join(" ")}\n`);
+  else stream.destroy();
+  return message;
+}
+
+/**
+ * Tells the server on `connection` what kind of agent this is, and resolves with the server's
+ * client listeners, or undefined when it does not answer (the reference's server never does).
+ */
+export async function announceAgent(connection: QuicConnection, kind: AgentKind, timeoutMs = 2_000): Promise<HostPort[] | undefined> {
+  let stream: Duplex;
+  try {
+    stream = await connection.openStream();
+  } catch {
+    return undefined;
+  }
+  stream.on("error", () => {});
+  stream.write(`AGENT ${kind}\n`);
+  const line = await readLine(stream, timeoutMs);
+  stream.destroy();
+  const listed = /^LISTENERS ?(.*)$/.exec(line ?? "");
+  if (!listed) return undefined;
+  return listed[1]
+    .split(" ")
+    .filter(Boolean)
+    .map(parseHostPort)
+    .filter((address) => address !== undefined);
+}
+
+/** Asks the server on `connection` to route no new tunnels here. */
+export async function sendGoAway(connection: QuicConnection): Promise<void> {
+  (await connection.openStream()).on("error", () => {}).end(GOAWAY);
+}

@@ -1,0 +1,150 @@
+/**
+ * The server's agents: which connections may carry tunnels (identity), what their clients speak
+ * (their hello on the control stream), who is draining (GOAWAY), and the round-robin pool that
+ * hands out streams. Rejections are counted and logged at a bounded rate.
+ *
+ * @module
+ */
+import type { X509Certificate } from "node:crypto";
+import { type AgentKind, serveControlStream } from "../control.ts";
+import type { HostPort } from "../hostport.ts";
+import { type Logger, LogThrottle } from "../ops/log.ts";
+import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
+import { AGENT_NOT_ALLOWED } from "../protocol.ts";
+import type { QuicConnection, QuicStream } from "../quic/mod.ts";
+import { AgentPool } from "./agent-pool.ts";
+
+/**
+ * How long a new agent connection gets to say what kind of agent it is before it takes tunnels as
+ * a CONNECT agent (the reference's agents never say).
+ */
+const HELLO_WAIT_MS = 300;
+
+/** Options of {@link Agents}. */
+export interface AgentsOptions {
+  log: Logger;
+  registry: Registry;
+  /** `--agent-subject`: names an agent certificate's CN or a SAN must equal (none: any). */
+  subjects: readonly string[];
+  /** `--passthrough`: clients speak to passthrough agents whatever the agents say. */
+  passthrough: boolean;
+  /** The server's client listeners, told to our agents so they can refuse loops. */
+  listeners: () => readonly HostPort[];
+}
+
+/** True when `subjects` is empty, or the certificate's CN or a SAN is one of them. */
+export function identityAllowed(certificate: X509Certificate | undefined, subjects: readonly string[]): boolean {
+  if (subjects.length === 0) return true;
+  if (!certificate) return false;
+  const names = [
+    ...certificate.subject.split("\n").flatMap((part) => (part.startsWith("CN=") ? [part.slice(3)] : [])),
+    ...(certificate.subjectAltName ?? "").split(", ").map((entry) => entry.replace(/^[A-Za-z ]+:/, "")),
+  ];
+  return names.some((name) => subjects.includes(name));
+}
+
+/** The connected agents of a server. */
+export class Agents {
+  readonly #options: AgentsOptions;
+  readonly #pool = new AgentPool<QuicConnection, QuicStream>();
+  readonly #kinds = new Map<QuicConnection, AgentKind | "unknown">();
+  readonly #rejected: Counter;
+  readonly #rejectedLog = new LogThrottle({ limit: 10, windowMs: 10_000 });
+  #mixedWarned = false;
+
+  constructor(options: AgentsOptions) {
+    this.#options = options;
+    const { registry } = options;
+    this.#rejected = new Counter(registry, "quic_tunnel_agents_rejected_total", "Agent connections refused (certificate, identity).");
+    this.#rejected.inc({}, 0);
+    new Gauge(registry, "quic_tunnel_agents_connected", "Agent connections taking tunnels.", () => [[{}, this.#pool.size]]);
+    new Gauge(registry, "quic_tunnel_agent_info", "Connected agents by address and certificate subject (value 1).", () =>
+      this.#pool.agents.map((agent) => [{ peer: agent.peer, subject: agent.peerSubject }, 1]),
+    );
+  }
+
+  /** Agent connections taking tunnels. */
+  get size(): number {
+    return this.#pool.size;
+  }
+
+  /** The connections taking tunnels. */
+  get connections(): readonly QuicConnection[] {
+    return this.#pool.agents;
+  }
+
+  /** True when clients speak to passthrough agents: raw bytes, no CONNECT head to read. */
+  get passthrough(): boolean {
+    if (this.#options.passthrough) return true;
+    const kinds = new Set(this.#pool.agents.map((agent) => this.#kinds.get(agent)));
+    if (kinds.size > 1 && kinds.has("passthrough") && !this.#mixedWarned) {
+      this.#mixedWarned = true;
+      this.#options.log.warn("passthrough and CONNECT agents are connected at once; clients are read as HTTP CONNECT");
+    }
+    return kinds.size === 1 && kinds.has("passthrough");
+  }
+
+  /** Counts and logs (at a bounded rate) an agent that was refused. */
+  rejected(peer: string, reason: string): void {
+    const { log } = this.#options;
+    this.#rejected.inc();
+    if (this.#rejectedLog.allow((count) => log.warn("{count} more rejected agents were not logged", { count }))) {
+      log.warn("rejected agent {peer}: {reason}", { peer, reason });
+    }
+  }
+
+  /**
+   * Takes a new agent connection: checks its identity, serves the streams it opens (hello, GOAWAY),
+   * and lets it carry tunnels once it said what kind it is, or after a moment if it says nothing.
+   */
+  admit(agent: QuicConnection): void {
+    const { log, subjects } = this.#options;
+    if (!identityAllowed(agent.peerCertificate, subjects)) {
+      this.rejected(agent.peer, `certificate ${agent.peerSubject} is not among --agent-subject`);
+      agent.close(AGENT_NOT_ALLOWED, "agent identity not allowed");
+      return;
+    }
+    let joined = false;
+    const join = () => {
+      if (joined || agent.closed) return;
+      joined = true;
+      this.#pool.add(agent);
+      log.info("agent {peer} connected", {
+        peer: agent.peer,
+        subject: agent.peerSubject,
+        kind: this.#kinds.get(agent),
+        agents: this.#pool.size,
+      });
+    };
+    this.#kinds.set(agent, "unknown");
+    const timer = setTimeout(join, HELLO_WAIT_MS);
+    agent.on("stream", async (stream) => {
+      const message = await serveControlStream(stream, this.#options.listeners);
+      if (message?.type === "hello") {
+        this.#kinds.set(agent, message.kind);
+        clearTimeout(timer);
+        join();
+      } else if (message?.type === "goaway" && joined) {
+        this.#pool.remove(agent);
+        log.info("agent {peer} is draining; no new tunnels go to it", { peer: agent.peer, agents: this.#pool.size });
+      }
+    });
+    agent.once("close", (error) => {
+      clearTimeout(timer);
+      this.#kinds.delete(agent);
+      if (!joined) return;
+      this.#pool.remove(agent);
+      log.info("agent {peer} disconnected: {reason}", { peer: agent.peer, reason: error?.message ?? "closed", agents: this.#pool.size });
+    });
+  }
+
+  /** Opens a stream on the next agent with room, waiting up to `waitMs` for one. */
+  openStream(options: { waitMs: number }): ReturnType<AgentPool<QuicConnection, QuicStream>["openStream"]> {
+    return this.#pool.openStream(options);
+  }
+
+  /** A tunnel ended: streams waiting for room try again. */
+  roomMade(): void {
+    this.#pool.roomMade();
+  }
+}

@@ -1,0 +1,200 @@
+/**
+ * Hostile and careless clients and operators against the real roles: each case with the answer it
+ * must get. The server reads a client's head (within --header-timeout) before it opens a stream;
+ * the agent decides on the address it dials; the tunnel never loops into the server itself.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { describe, test } from "node:test";
+import { pipeBoth } from "../lib/tunnel/pipe.ts";
+import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
+import {
+  agentArgs,
+  foreignCerts,
+  rawExchange,
+  roleMetrics,
+  SLOW_TRANSPORT,
+  serverTlsArgs,
+  spawnRole,
+  startAgent,
+  startServer,
+  testCerts,
+} from "./harness.ts";
+
+const track = trackProcesses();
+const target = httpTargetFixture();
+const connectGet = (port: number) => `CONNECT 127.0.0.1:${port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`;
+
+/** Opens `count` connections to `port` that send nothing; resolves with them once all are up. */
+async function silentClients(port: number, count: number): Promise<net.Socket[]> {
+  return Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<net.Socket>((resolve, reject) => {
+          const socket = net.connect({ port, host: "127.0.0.1" }, () => resolve(socket));
+          socket.once("error", reject);
+        }),
+    ),
+  );
+}
+
+/** Resolves with what `socket` received once it closes. */
+function whenClosed(socket: net.Socket): Promise<string> {
+  let text = "";
+  socket.on("data", (chunk) => {
+    text += chunk.toString("latin1");
+  });
+  socket.on("error", () => {});
+  return new Promise((resolve) => socket.once("close", () => resolve(text)));
+}
+
+describe("clients that say nothing, or nothing that is HTTP", { skip: SLOW_TRANSPORT }, () => {
+  test("300 silent clients: no agent stream for any, 408 at --header-timeout, real clients served meanwhile", async () => {
+    const server = track(await startServer({ args: ["--header-timeout", "1s", "--admin-addr", "127.0.0.1:0"] }));
+    const agent = track(await startAgent(server.quicPort, { args: ["--admin-addr", "127.0.0.1:0", "--max-tunnels", "100"] }));
+    const silent = await silentClients(server.tcpPort, 300);
+    const answers = silent.map(whenClosed);
+    const served = await rawExchange(server.tcpPort, connectGet(target.port));
+    assert.match(served, /hello through the tunnel/, "a real client is served while 300 wait");
+    const agentMetrics = await roleMetrics(agent);
+    assert.equal(agentMetrics.get('quic_tunnel_tunnels_total{outcome="ok"}'), 1, "the agent saw only the real tunnel");
+    assert.equal(agentMetrics.get("quic_tunnel_tunnels_active"), 0);
+    const replies = await Promise.all(answers);
+    assert.equal(replies.filter((reply) => reply.startsWith("HTTP/1.1 408 Request Timeout\r\n")).length, 300);
+    const serverMetrics = await roleMetrics(server);
+    assert.equal(serverMetrics.get('quic_tunnel_tunnels_total{outcome="timeout"}'), 300);
+  });
+
+  test("a TLS ClientHello, or a line of garbage, is answered 400 at once", async () => {
+    const server = track(await startServer());
+    track(await startAgent(server.quicPort));
+    for (const [what, bytes] of [
+      ["a TLS ClientHello", Buffer.from("1603010200010001fc0303", "hex")],
+      ["a line without HTTP", Buffer.from("hello there\r\n")],
+      ["binary garbage", Buffer.from([0x00, 0xff, 0x10, 0x20])],
+      ["a request line with an unknown version", Buffer.from("CONNECT a:1 SPDY/3\r\n")],
+    ] as const) {
+      const started = performance.now();
+      const reply = await rawExchange(server.tcpPort, bytes, { timeoutMs: 3_000 });
+      assert.match(reply, /^HTTP\/1\.1 400 Bad Request\r\n/, what);
+      assert.ok(performance.now() - started < 1_000, `${what} answered at once`);
+    }
+  });
+
+  test("oversized and malformed heads, and a slow trickle, get 431, 400 and 408", async () => {
+    const server = track(await startServer({ args: ["--header-timeout", "1s"] }));
+    track(await startAgent(server.quicPort));
+    assert.match(await rawExchange(server.tcpPort, `CONNECT ${"a".repeat(1 << 20)}:1 HTTP/1.1\r\n\r\n`), /^HTTP\/1\.1 431 /);
+    const headers = Array.from({ length: 10_000 }, (_, i) => `X-${i}: y\r\n`).join("");
+    assert.match(await rawExchange(server.tcpPort, `CONNECT a:1 HTTP/1.1\r\n${headers}\r\n`), /^HTTP\/1\.1 431 /);
+    assert.match(await rawExchange(server.tcpPort, "CONNECT no-port HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 400 [\s\S]*host:port/);
+    assert.match(await rawExchange(server.tcpPort, "CONNECT [::1:80 HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 400 /);
+    const slow = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+    const reply = whenClosed(slow);
+    const drip = setInterval(() => slow.write("X"), 100);
+    slow.write("CONNECT 127.0.0.1:1 HTTP/1.1\r\nX-Slow: ");
+    assert.match(await reply, /^HTTP\/1\.1 408 /);
+    clearInterval(drip);
+  });
+});
+
+describe("the address that is dialed", { skip: SLOW_TRANSPORT }, () => {
+  test("an IPv6 allow rule lets no IPv4 host through, however the target is spelled", async () => {
+    const server = track(await startServer());
+    track(await startAgent(server.quicPort, { args: ["--allow", `[::/0]:${target.port}`] }));
+    for (const spelling of ["[::ffff:7f00:1]", "[0:0:0:0:0:ffff:127.0.0.1]", "[::ffff:127.0.0.1%lo]", "[::ffff:7f00:2]", "127.0.0.1"]) {
+      const reply = await rawExchange(server.tcpPort, `CONNECT ${spelling}:${target.port} HTTP/1.1\r\n\r\n`);
+      assert.match(reply, /^HTTP\/1\.1 403 Forbidden\r\n/, spelling);
+    }
+  });
+});
+
+describe("loops back into the server", { skip: SLOW_TRANSPORT }, () => {
+  test("a CONNECT to the server's own listener is refused with 508 Loop Detected", async () => {
+    const server = track(await startServer());
+    const agent = track(await startAgent(server.quicPort));
+    for (const host of ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"]) {
+      const reply = await rawExchange(server.tcpPort, `CONNECT ${host}:${server.tcpPort} HTTP/1.1\r\n\r\n`);
+      assert.match(reply, /^HTTP\/1\.1 508 Loop Detected\r\n[\s\S]*own client listener/, host);
+    }
+    assert.match(agent.log(), /outcome=loop/);
+  });
+
+  test("a chain of nested tunnels through a relay the agent cannot recognise collapses once the client has gone", async () => {
+    const server = track(await startServer({ args: ["--admin-addr", "127.0.0.1:0", "--header-timeout", "2s"] }));
+    track(await startAgent(server.quicPort));
+    // A plain TCP forwarder to the server's listener: the agent cannot know it leads back there.
+    const forwarder = net.createServer({ allowHalfOpen: true }, (socket) => {
+      void pipeBoth(socket, net.connect({ port: server.tcpPort, host: "127.0.0.1", allowHalfOpen: true }));
+    });
+    await new Promise<void>((resolve) => forwarder.listen(0, "127.0.0.1", resolve));
+    const port = (forwarder.address() as net.AddressInfo).port;
+    const client = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+    client.on("error", () => {});
+    client.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\n\r\n`.repeat(200));
+    const active = async () => (await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? Number.NaN;
+    /** Polls the server's open tunnels until `done` holds (bounded); resolves with the last count. */
+    const until = async (done: (count: number) => boolean, timeoutMs: number) => {
+      const deadline = Date.now() + timeoutMs;
+      let count = await active();
+      while (!done(count) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        count = await active();
+      }
+      return count;
+    };
+    assert.ok((await until((count) => count >= 20, 10_000)) >= 20, "the chain grew while the client was there");
+    client.destroy();
+    // Every level ends once the one inside it does: the server must be idle within seconds.
+    const left = await until((count) => count === 0, 25_000);
+    forwarder.close();
+    assert.equal(left, 0, "the chain collapsed");
+  });
+});
+
+describe("limits count every tunnel from its accept", { skip: SLOW_TRANSPORT }, () => {
+  test("--max-tunnels on the server counts a client still silent; on the agent, one still dialing", async () => {
+    const server = track(await startServer({ args: ["--max-tunnels", "1"] }));
+    track(await startAgent(server.quicPort));
+    const [silent] = await silentClients(server.tcpPort, 1);
+    const refused = await rawExchange(server.tcpPort, connectGet(target.port));
+    assert.match(refused, /^HTTP\/1\.1 503 [\s\S]*server tunnel limit \(1\) reached/);
+    silent.destroy();
+
+    const second = track(await startServer());
+    track(await startAgent(second.quicPort, { args: ["--max-tunnels", "1", "--dial-timeout", "3s"] }));
+    // 10.255.255.1 does not answer here: the first tunnel sits in its dial.
+    const dialing = net.connect({ port: second.tcpPort, host: "127.0.0.1" });
+    dialing.on("error", () => {});
+    dialing.write("CONNECT 10.255.255.1:9 HTTP/1.1\r\n\r\n");
+    const reply = await rawExchange(second.tcpPort, connectGet(target.port));
+    assert.match(reply, /^HTTP\/1\.1 503 [\s\S]*agent tunnel limit \(1\) reached/);
+    dialing.destroy();
+  });
+});
+
+describe("certificates checked at start", { skip: SLOW_TRANSPORT }, () => {
+  test("a key that is not the certificate's: the server exits 1 naming both flags, and so does the agent", async () => {
+    const certs = testCerts();
+    const server = spawnRole("server.ts", [...serverTlsArgs({ ...certs, serverKey: certs.clientKey }), "--listen-tcp", "127.0.0.1:0"]);
+    assert.equal(await server.exited, 1);
+    assert.match(server.log(), /--cert-key .*client\.key is not the private key of the certificate in --cert-file .*tls\.crt/);
+    const agent = spawnRole("agent.ts", agentArgs("127.0.0.1:1", { ...certs, clientKey: certs.serverKey }));
+    assert.equal(await agent.exited, 1);
+    assert.match(agent.log(), /--cert-key .*tls\.key is not the private key of the certificate in --cert-file .*client\.crt/);
+  });
+
+  test("an agent whose server certificate lacks --server-name says so, and names those it carries", async () => {
+    const server = track(await startServer());
+    const agent = track(await startAgent(server.quicPort, { wait: false, args: ["--server-name", "tunnel.example.com"] }));
+    await agent.waitFor(/does not carry --server-name tunnel\.example\.com; it carries CN=quic-tunnel-server, DNS:quic-tunnel-server/);
+  });
+
+  test("an agent whose server certificate another CA signed says which CA did", async () => {
+    const foreign = foreignCerts();
+    const server = track(await startServer({ certs: { ...foreign, ca: testCerts().ca } }));
+    const agent = track(await startAgent(server.quicPort, { wait: false }));
+    await agent.waitFor(/issued by CN=some-other-ca, not by a CA of --ca-file \(CN=quic-tunnel-dev-ca\)/);
+  });
+});
