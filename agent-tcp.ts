@@ -12,7 +12,7 @@ import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } fr
 import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
-import { AGENT_FLAGS, exitWithError, parseCommandLine, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
+import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
@@ -31,7 +31,7 @@ const flags = parseCommandLine(
     upstream: { kind: "hostport", value: "host:port", required: true, help: "TCP address every tunnelled connection is piped to." },
   },
 );
-const log = setupLogging("agent-tcp", { verbosity: flags.v, format: flags["log-format"] });
+const log = setupLogging("agent-tcp", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
 const upstream = formatHostPort(flags.upstream);
 
@@ -46,7 +46,7 @@ let tls: ReturnType<typeof loadTls>;
 let engine: QuicEngine;
 try {
   tls = loadTls(tlsFiles);
-  transportOptions(flags);
+  checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
 } catch (err) {
   exitWithError("quic-agent-tcp", err);

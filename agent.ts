@@ -13,7 +13,7 @@ import { leadsToServer, type ServerInfo } from "./lib/agent/loop-guard.ts";
 import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
-import { AGENT_FLAGS, exitWithError, parseCommandLine, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
+import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Histogram, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
@@ -36,8 +36,15 @@ const flags = parseCommandLine(
       value: "rule",
       help: "Allowed targets, repeatable: *, name, *.domain, IP or CIDR ([v6/len]), then :port, :p1,p2 or :lo-hi. None: any target. IP rules match the address dialed, in its own family.",
     },
-    "max-header-bytes": { kind: "size", value: "size", default: "16KiB", help: "Largest CONNECT request head accepted (431 beyond)." },
+    "max-header-bytes": {
+      positive: true,
+      kind: "size",
+      value: "size",
+      default: "16KiB",
+      help: "Largest CONNECT request head accepted (431 beyond).",
+    },
     "header-timeout": {
+      positive: true,
       kind: "duration",
       value: "dur",
       default: "10s",
@@ -45,7 +52,7 @@ const flags = parseCommandLine(
     },
   },
 );
-const log = setupLogging("agent", { verbosity: flags.v, format: flags["log-format"] });
+const log = setupLogging("agent", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
 
 // Certificates, policy and transport. Loops back into the server are refused (508) where the
@@ -62,7 +69,7 @@ let engine: QuicEngine;
 try {
   tls = loadTls(tlsFiles);
   allowList = new AllowList(flags.allow);
-  transportOptions(flags);
+  checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
 } catch (err) {
   exitWithError("quic-agent", err);

@@ -56,12 +56,19 @@ const flags = parseCommandLine(
     "tcp-client-ca-file": { kind: "string", value: "path", help: "Require TCP clients to present a certificate this CA signed." },
     "listen-uds": { kind: "string", value: "path", help: "Also accept CONNECT clients on this Unix domain socket." },
     "header-timeout": {
+      positive: true,
       kind: "duration",
       value: "dur",
       default: "10s",
       help: "Time a client has to send its complete CONNECT request head (408 beyond); no agent stream is opened before.",
     },
-    "max-header-bytes": { kind: "size", value: "size", default: "16KiB", help: "Largest CONNECT request head accepted (431 beyond)." },
+    "max-header-bytes": {
+      positive: true,
+      kind: "size",
+      value: "size",
+      default: "16KiB",
+      help: "Largest CONNECT request head accepted (431 beyond).",
+    },
     passthrough: {
       kind: "bool",
       default: "false",
@@ -78,7 +85,7 @@ const flags = parseCommandLine(
     ...COMMON_FLAGS,
   },
 );
-const log = setupLogging("server", { verbosity: flags.v, format: flags["log-format"] });
+const log = setupLogging("server", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
 
 // Certificates: the QUIC pair with the CA for agents, and the TLS frontend's pair if any.

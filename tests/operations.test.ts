@@ -60,6 +60,29 @@ describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
     const notReady = await adminGet(serverAdmin, "/readyz");
     assert.equal(notReady.status, 503);
     assert.match(notReady.body, /no agent connected/);
+    // Every counter is there from the start, at 0, and the process's own series as client libraries name them.
+    const fresh = parseMetrics((await adminGet(serverAdmin, "/metrics")).body);
+    for (const series of [
+      "quic_tunnel_agents_rejected_total",
+      'quic_tunnel_tunnels_total{outcome="ok"}',
+      'quic_tunnel_tunnels_total{outcome="no_agent"}',
+      'quic_tunnel_bytes_total{direction="up"}',
+      'quic_tunnel_connect_responses_total{code="503"}',
+      'quic_tunnel_quic_initials_refused_total{reason="invalid_token"}',
+      "quic_tunnel_quic_handshakes_in_progress",
+    ]) {
+      assert.equal(fresh.get(series), 0, series);
+    }
+    for (const series of [
+      "process_resident_memory_bytes",
+      "process_open_fds",
+      "process_max_fds",
+      "process_start_time_seconds",
+      "process_cpu_seconds_total",
+    ]) {
+      assert.ok((fresh.get(series) ?? 0) > 0, series);
+    }
+    assert.ok(fresh.has("nodejs_eventloop_lag_p99_seconds"));
 
     const agent = track(await startAgent(server.quicPort, { args: ["--admin-addr", "127.0.0.1:0"] }));
     const agentAdmin = Number((await agent.waitFor(/admin endpoint on 127\.0\.0\.1:(\d+)/))[1]);

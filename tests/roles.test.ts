@@ -72,3 +72,52 @@ test("a port in use is a clear start-up error", async () => {
   assert.equal(second.code, 1);
   assert.match(second.stderr, /cannot listen for TCP on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
 });
+
+test("the reference's own Makefile command lines, klog flags and all, run each role", async () => {
+  const certs = testCerts();
+  // As the reference's Makefile starts them (certificates from our test set, and klog flags that
+  // manifests written for the reference add).
+  const server = spawnRole("server.ts", [
+    "--listen-tcp",
+    "127.0.0.1:10443",
+    "--listen-quic",
+    "127.0.0.1:8888",
+    "--cert-file",
+    certs.serverCert,
+    "--cert-key",
+    certs.serverKey,
+    "--client-ca-file",
+    certs.ca,
+    "--v=2",
+    "-logtostderr=true",
+    "-alsologtostderr",
+  ]);
+  try {
+    await server.waitFor(/server started/);
+    assert.match(server.log(), /with no effect: -alsologtostderr -logtostderr/);
+    const agentFlags = [
+      `--server=localhost:8888`,
+      "--ca-file",
+      certs.ca,
+      "--cert-file",
+      certs.clientCert,
+      "--cert-key",
+      certs.clientKey,
+      "--v=2",
+    ];
+    const agent = spawnRole("agent.ts", agentFlags);
+    const agentTcp = spawnRole("agent-tcp.ts", [...agentFlags, "--upstream=www.example.com:80"]);
+    try {
+      await agent.waitFor(/connected to server/);
+      await agentTcp.waitFor(/connected to server/);
+      const help = await runRole("agent-tcp.ts", ["-h"]);
+      assert.equal(help.code, 0);
+      assert.match(help.stdout.toString(), /^Usage: quic-agent-tcp /);
+    } finally {
+      await agent.stop();
+      await agentTcp.stop();
+    }
+  } finally {
+    await server.stop();
+  }
+});

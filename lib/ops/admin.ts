@@ -8,6 +8,7 @@ import http from "node:http";
 import type net from "node:net";
 import type { HostPort } from "../hostport.ts";
 import type { Registry } from "./metrics.ts";
+import { registerProcessMetrics } from "./process-metrics.ts";
 
 /** Options for {@link startAdmin}. */
 export interface AdminOptions {
@@ -18,6 +19,7 @@ export interface AdminOptions {
 
 /** Serves the admin endpoint on `address`; resolves with the bound address once listening. */
 export function startAdmin(address: HostPort, options: AdminOptions): Promise<{ server: http.Server; port: number }> {
+  registerProcessMetrics(options.registry);
   const server = http.createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {

@@ -8,7 +8,7 @@ import pkg from "../../package.json" with { type: "json" };
 import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "../protocol.ts";
 import { ENGINE_CHOICES } from "../quic/mod.ts";
 import type { PipeOptions } from "../tunnel/pipe.ts";
-import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, parseFlags } from "./flags.ts";
+import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, type ParsedFlags, parseFlags } from "./flags.ts";
 
 /** The release version, from package.json. */
 export const VERSION: string = pkg.version;
@@ -65,12 +65,14 @@ export const TRANSPORT_FLAGS = {
     help: "TLS ALPN protocol (the reference's value, keep it to interoperate).",
   },
   "idle-timeout": {
+    positive: true,
     kind: "duration",
     value: "dur",
     default: formatDuration(DEFAULT_TRANSPORT.idleTimeoutMs),
     help: "Close a QUIC connection after this long without packets.",
   },
   "handshake-timeout": {
+    positive: true,
     kind: "duration",
     value: "dur",
     default: formatDuration(DEFAULT_TRANSPORT.handshakeTimeoutMs),
@@ -83,18 +85,21 @@ export const TRANSPORT_FLAGS = {
     help: "Largest UDP payload sent; 1232 crosses a 1280-byte MTU path, 1452 suits a clean 1500-byte path.",
   },
   "stream-window": {
+    positive: true,
     kind: "size",
     value: "size",
     default: formatSize(DEFAULT_TRANSPORT.streamWindow),
     help: "Initial per-stream receive window (the quiche engine grows it up to 16MiB).",
   },
   "connection-window": {
+    positive: true,
     kind: "size",
     value: "size",
     default: formatSize(DEFAULT_TRANSPORT.connectionWindow),
     help: "Initial per-connection receive window (the quiche engine grows it up to 24MiB).",
   },
   "max-streams": {
+    positive: true,
     kind: "int",
     value: "N",
     default: String(DEFAULT_TRANSPORT.maxStreams),
@@ -127,9 +132,16 @@ export const AGENT_FLAGS = {
     default: formatDuration(DEFAULT_TRANSPORT.keepAliveMs),
     help: "Send a keep-alive PING this often; 0 disables.",
   },
-  "dial-timeout": { kind: "duration", value: "dur", default: "10s", help: "Give up dialing a target after this long." },
-  "reconnect-min": { kind: "duration", value: "dur", default: "250ms", help: "First delay before reconnecting to the server." },
+  "dial-timeout": { positive: true, kind: "duration", value: "dur", default: "10s", help: "Give up dialing a target after this long." },
+  "reconnect-min": {
+    positive: true,
+    kind: "duration",
+    value: "dur",
+    default: "250ms",
+    help: "First delay before reconnecting to the server.",
+  },
   "reconnect-max": {
+    positive: true,
     kind: "duration",
     value: "dur",
     default: "30s",
@@ -138,6 +150,16 @@ export const AGENT_FLAGS = {
   ...TRANSPORT_FLAGS,
   ...COMMON_FLAGS,
 } satisfies Record<string, FlagSpec>;
+
+/** Checks what the agent flags say together (each flag alone is checked as it is parsed). */
+export function checkAgentFlags(values: FlagValues<typeof AGENT_FLAGS>): void {
+  transportOptions(values);
+  if (values["reconnect-max"] < values["reconnect-min"]) {
+    throw new FlagError(
+      `--reconnect-max must not be below --reconnect-min, got ${values["reconnect-max"]} ms < ${values["reconnect-min"]} ms`,
+    );
+  }
+}
 
 /** The pipe timeouts of a tunnel from {@link COMMON_FLAGS}. */
 export function tunnelTimeouts(values: FlagValues<typeof COMMON_FLAGS>): PipeOptions {
@@ -169,7 +191,7 @@ export function parseCommandLine<T extends Record<string, FlagSpec>>(
   info: { name: string; summary: string },
   flags: T,
   argv: string[] = process.argv.slice(2),
-): FlagValues<T> {
+): ParsedFlags<T> {
   try {
     const result = parseFlags(argv, flags);
     if (result === "help") {

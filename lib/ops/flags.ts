@@ -1,7 +1,8 @@
 /**
  * Command-line flags for the role scripts on `node:util` parseArgs: typed values, defaults, `--help`
- * text generated from the same table, and Go `flag` spellings (`-cert-file x`, `--v=2`) accepted so
- * that existing manifests of the reference keep working.
+ * text generated from the same table, and the reference's whole command line accepted, so that its
+ * manifests keep working: Go `flag` spellings (`-cert-file x`, `--v=2`, `-idle-timeout -5s`), `-h`,
+ * and klog's flags (`-v` is ours; the others are accepted and reported as ignored).
  *
  * @module
  */
@@ -21,6 +22,8 @@ export interface FlagSpec {
   value?: string;
   /** For strings: the only values accepted. */
   choices?: readonly string[];
+  /** For numbers, durations and sizes: 0 (and below) makes no sense. */
+  positive?: boolean;
 }
 
 type ValueOf<K extends FlagKind> = K extends "string"
@@ -35,6 +38,28 @@ type ValueOf<K extends FlagKind> = K extends "string"
 
 /** The parsed values of a flag table. */
 export type FlagValues<T extends Record<string, FlagSpec>> = { [K in keyof T]: ValueOf<T[K]["kind"]> };
+
+/**
+ * klog's flags, which the reference's binaries take and its manifests pass (`-v` is among our own
+ * flags). They are accepted in every Go spelling and have no effect here.
+ */
+export const KLOG_FLAGS: Readonly<Record<string, "bool" | "value">> = {
+  add_dir_header: "bool",
+  alsologtostderr: "bool",
+  log_backtrace_at: "value",
+  log_dir: "value",
+  log_file: "value",
+  log_file_max_size: "value",
+  logtostderr: "bool",
+  one_output: "bool",
+  skip_headers: "bool",
+  skip_log_headers: "bool",
+  stderrthreshold: "value",
+  vmodule: "value",
+};
+
+/** A command line's values, and the klog flags it gave that have no effect here. */
+export type ParsedFlags<T extends Record<string, FlagSpec>> = FlagValues<T> & { readonly ignored: readonly string[] };
 
 /** A command line that cannot be used; the message names the flag. */
 export class FlagError extends Error {
@@ -99,6 +124,15 @@ function convert(name: string, spec: FlagSpec, text: string): unknown {
   const fail = (what: string): never => {
     throw new FlagError(`--${name}: ${what}, got ${JSON.stringify(text)}`);
   };
+  if (/^-\d/.test(text) && ["int", "duration", "size"].includes(spec.kind)) {
+    throw new FlagError(`--${name} must ${spec.positive ? "be positive" : "not be negative"}, got ${text}`);
+  }
+  const value = convertText(spec, text, fail);
+  if (spec.positive && value === 0) throw new FlagError(`--${name} must be positive, got ${text}`);
+  return value;
+}
+
+function convertText(spec: FlagSpec, text: string, fail: (what: string) => never): unknown {
   switch (spec.kind) {
     case "string":
       return !spec.choices || spec.choices.includes(text) ? text : fail(`expected one of ${spec.choices.join(", ")}`);
@@ -119,9 +153,35 @@ function convert(name: string, spec: FlagSpec, text: string): unknown {
   }
 }
 
-/** Rewrites Go `flag` spellings (`-name`, `-name=value`) to the `--name` form parseArgs reads. */
-function normalize(argv: string[]): string[] {
-  return argv.map((arg) => (/^-[A-Za-z][A-Za-z0-9-]+(=.*)?$/.test(arg) || arg === "-v" ? `-${arg}` : arg));
+/**
+ * Rewrites a Go `flag` command line into the `--name=value` / `--name` form parseArgs reads: one or
+ * two dashes, the value after `=` or in the next argument (even one starting with `-`, as Go takes
+ * it), `-h` for help. Boolean flags given `=false` are returned apart, as parseArgs has no such form.
+ */
+function normalize(argv: string[], kinds: Record<string, "bool" | "value">): { args: string[]; negated: Set<string> } {
+  const args: string[] = [];
+  const negated = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const flag = /^--?([A-Za-z][\w-]*)(?:=(.*))?$/s.exec(argv[i]);
+    if (flag === null) {
+      args.push(argv[i]);
+      continue;
+    }
+    const name = flag[1] === "h" ? "help" : flag[1];
+    let value = flag[2];
+    if (kinds[name] === "bool") {
+      if (value === "false") negated.add(name);
+      else if (value === undefined || value === "true") args.push(`--${name}`);
+      else throw new FlagError(`--${name}: expected true or false, got ${JSON.stringify(value)}`);
+      continue;
+    }
+    if (kinds[name] === "value" && value === undefined) {
+      if (i + 1 >= argv.length) throw new FlagError(`--${name} needs a value`);
+      value = argv[++i];
+    }
+    args.push(value === undefined ? `--${name}` : `--${name}=${value}`);
+  }
+  return { args, negated };
 }
 
 /** The `--help` text of a command. */
@@ -131,43 +191,44 @@ export function helpText<T extends Record<string, FlagSpec>>(info: CommandInfo, 
     const extra = spec.required ? " (required)" : spec.default !== undefined && spec.default !== "" ? ` (default ${spec.default})` : "";
     return [left, `${spec.help}${extra}`];
   });
-  rows.push(["  --help", "Print this help and exit."], ["  --version", "Print the version and exit."]);
+  rows.push(["  -h, --help", "Print this help and exit."], ["  --version", "Print the version and exit."]);
   const width = Math.max(...rows.map(([left]) => left.length)) + 2;
   const lines = rows.map(([left, right]) => `${left.padEnd(width)}${right}`);
-  return `Usage: ${info.name} [flags]\n\n${info.summary}\n\nFlags (also accepted as -flag or --flag=value):\n${lines.join("\n")}\n`;
+  const klog = Object.keys(KLOG_FLAGS)
+    .map((name) => `-${name}`)
+    .join(", ");
+  return (
+    `Usage: ${info.name} [flags]\n\n${info.summary}\n\nFlags (also accepted as -flag, -flag=value or --flag=value):\n${lines.join("\n")}\n\n` +
+    `The reference's klog flags are accepted too, and have no effect (logs go to stderr; --v sets the detail): ${klog}.\n`
+  );
 }
 
 /**
- * Parses `argv` against the flag table. Returns the typed values, or `"help"`/`"version"` when one
- * of those was asked for. Throws {@link FlagError} for unknown flags, bad values and missing ones.
+ * Parses `argv` against the flag table. Returns the typed values (and the klog flags given, which
+ * have no effect), or `"help"`/`"version"` when one of those was asked for. Throws
+ * {@link FlagError} for unknown flags, bad values and missing ones.
  */
-export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], flags: T): FlagValues<T> | "help" | "version" {
-  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {
-    help: { type: "boolean" },
-    version: { type: "boolean" },
-  };
-  for (const [name, spec] of Object.entries(flags)) {
-    options[name] = { type: spec.kind === "bool" ? "boolean" : "string", multiple: spec.kind === "list" };
+export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], flags: T): ParsedFlags<T> | "help" | "version" {
+  const kinds: Record<string, "bool" | "value"> = { help: "bool", version: "bool", ...KLOG_FLAGS };
+  for (const [name, spec] of Object.entries(flags)) kinds[name] = spec.kind === "bool" ? "bool" : "value";
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
+  for (const [name, kind] of Object.entries(kinds)) {
+    options[name] = { type: kind === "bool" ? "boolean" : "string", multiple: flags[name]?.kind === "list" || name in KLOG_FLAGS };
   }
-  const args = normalize(argv).map((arg) => {
-    const bool = /^--([^=]+)=(true|false)$/.exec(arg);
-    return bool && flags[bool[1]]?.kind === "bool" ? (bool[2] === "true" ? `--${bool[1]}` : `--no-${bool[1]}`) : arg;
-  });
-  const negated = new Set(args.filter((arg) => arg.startsWith("--no-")).map((arg) => arg.slice(5)));
+  const { args, negated } = normalize(argv, kinds);
   let parsed: Record<string, string | boolean | Array<string | boolean> | undefined>;
   try {
-    parsed = parseArgs({
-      args: args.filter((arg) => !arg.startsWith("--no-") || !flags[arg.slice(5)]),
-      options,
-      strict: true,
-      allowPositionals: false,
-    }).values;
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: false }).values;
   } catch (err) {
     throw new FlagError((err as Error).message.replace(/\. To specify.*$/s, ""));
   }
   if (parsed.help) return "help";
   if (parsed.version) return "version";
-  const values: Record<string, unknown> = {};
+  const values: Record<string, unknown> = {
+    ignored: Object.keys(KLOG_FLAGS)
+      .filter((name) => parsed[name] !== undefined || negated.has(name))
+      .map((name) => `-${name}`),
+  };
   for (const [name, spec] of Object.entries(flags)) {
     const given = parsed[name];
     if (spec.kind === "list") {
@@ -187,5 +248,5 @@ export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], f
     }
     values[name] = convert(name, spec, text);
   }
-  return values as FlagValues<T>;
+  return values as ParsedFlags<T>;
 }

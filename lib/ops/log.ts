@@ -78,8 +78,11 @@ export function formatJson(record: LogRecord): string {
   return `${JSON.stringify(fields)}\n`;
 }
 
-/** Configures logging for a role and returns its logger. Call once at start-up. */
-export function setupLogging(role: string, options: { verbosity: number; format?: string }): Logger {
+/**
+ * Configures logging for a role and returns its logger. Call once at start-up. `ignored` are klog
+ * flags the command line gave, which have no effect here: they are named once.
+ */
+export function setupLogging(role: string, options: { verbosity: number; format?: string; ignored?: readonly string[] }): Logger {
   const format = options.format === "json" ? formatJson : formatLine;
   configureSync({
     reset: true,
@@ -89,7 +92,10 @@ export function setupLogging(role: string, options: { verbosity: number; format?
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
     ],
   });
-  return getLogger(["quic-tunnel", role]);
+  const log = getLogger(["quic-tunnel", role]);
+  if (options.ignored?.length)
+    log.info("accepted for the reference's command lines, with no effect: {flags}", { flags: options.ignored.join(" ") });
+  return log;
 }
 
 /**

@@ -71,6 +71,7 @@ export class Tunnels {
     );
     for (const direction of ["up", "down"]) this.#bytes.inc({ direction }, 0);
     this.#responses = new Counter(registry, "quic_tunnel_connect_responses_total", "HTTP answers to CONNECT requests, by status code.");
+    for (const code of [200, 400, 403, 405, 408, 431, 502, 503, 504, 508]) this.#responses.inc({ code }, 0);
   }
 
   /** Tunnels open now. */

@@ -35,7 +35,13 @@ export class QuicheServer extends EventEmitter<ServerEvents> implements QuicServ
   readonly #admission: HandshakeAdmission;
   readonly #tokens = new RetryTokens();
   readonly #connections = new Map<string, QuicheConnection>();
-  readonly #refused: Record<string, number> = {};
+  readonly #refused: Record<Refusal, number> = {
+    short_initial: 0,
+    invalid_token: 0,
+    handshake_limit: 0,
+    address_limit: 0,
+    accept_failed: 0,
+  };
   readonly #sendBuffer = Buffer.allocUnsafe(MAX_DATAGRAM);
 
   constructor(
