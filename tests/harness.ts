@@ -11,15 +11,13 @@ import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { type DevCertPaths, ensureDevCerts } from "../lib/dev-certs.ts";
 import { type EngineName, hasNodeQuic } from "../lib/quic/mod.ts";
+import { agentArgs, currentRuntime, ROOT, type Runtime, runtimeCommand, serverTlsArgs } from "../scripts/roles.ts";
 
-/** The project root. */
-export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
+export { agentArgs, currentRuntime, ROOT, type Runtime, runtimeCommand, serverTlsArgs };
 
 declare const Deno: unknown;
-declare const Bun: unknown;
 
 /**
  * Why the tests that move real traffic are skipped on this runtime, if they are: Deno 2.9's
@@ -35,22 +33,6 @@ export const SLOW_TRANSPORT: string | undefined =
  * elsewhere. Tests that carry traffic run once per engine.
  */
 export const ENGINES: EngineName[] = (await hasNodeQuic()) ? ["node-quic", "quiche"] : ["quiche"];
-
-/** A JavaScript runtime that can run the role scripts. */
-export type Runtime = { kind: "bun" | "node" | "deno"; path: string };
-
-/** The runtime running this code. */
-export function currentRuntime(): Runtime {
-  return { kind: typeof Deno !== "undefined" ? "deno" : typeof Bun !== "undefined" ? "bun" : "node", path: process.execPath };
-}
-
-/** The command that runs a TypeScript file with `runtime` (default: the one running this code). */
-export function runtimeCommand(script: string, runtime: Runtime = currentRuntime()): [string, string[]] {
-  const path = join(ROOT, script);
-  if (runtime.kind === "deno") return [runtime.path, ["run", "-A", path]];
-  if (runtime.kind === "bun") return [runtime.path, ["run", path]];
-  return [runtime.path, [path]];
-}
 
 /** A role script running as a child process, its stderr collected. */
 export interface RoleProcess {
@@ -145,11 +127,6 @@ export function foreignCerts(): DevCertPaths {
   return ensureDevCerts(mkdtempSync(join(tmpdir(), "quic-tunnel-foreign-")), { caName: "some-other-ca" });
 }
 
-/** The certificate flags of the server, for `certs` (paths as the process sees them). */
-export function serverTlsArgs(certs: Pick<DevCertPaths, "ca" | "serverCert" | "serverKey">): string[] {
-  return ["--cert-file", certs.serverCert, "--cert-key", certs.serverKey, "--client-ca-file", certs.ca];
-}
-
 /** The test certificates as a chroot or container sees them, mounted at /certs. */
 export const CERTS_AT_ROOT = {
   ca: "/certs/ca.crt",
@@ -158,11 +135,6 @@ export const CERTS_AT_ROOT = {
   clientCert: "/certs/client.crt",
   clientKey: "/certs/client.key",
 };
-
-/** The flags of an agent dialing `server` (host:port) with `certs`. */
-export function agentArgs(server: string, certs: Pick<DevCertPaths, "ca" | "clientCert" | "clientKey">): string[] {
-  return ["--server", server, "--ca-file", certs.ca, "--cert-file", certs.clientCert, "--cert-key", certs.clientKey];
-}
 
 /** A started server and its bound ports. */
 export interface ServerProcess extends RoleProcess {
