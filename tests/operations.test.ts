@@ -24,6 +24,7 @@ import {
   startServer,
   testCerts,
 } from "./harness.ts";
+import { udpRelay } from "./quic/relay.ts";
 
 const track = trackProcesses();
 const target = httpTargetFixture();
@@ -159,6 +160,54 @@ describe("limits and policy", { skip: SLOW_TRANSPORT }, () => {
     assert.match(reply, /^HTTP\/1\.1 200 OK/);
     const elapsed = Date.now() - startedAt;
     assert.ok(elapsed >= 250 && elapsed < 3_000, `closed after ${elapsed} ms`);
+  });
+
+  test("--tunnel-idle-timeout spares a tunnel that keeps carrying bytes", async () => {
+    const echo = net.createServer((socket) => socket.on("error", () => {}).pipe(socket));
+    await new Promise<void>((resolve) => echo.listen(0, "127.0.0.1", resolve));
+    const server = track(await startServer({ args: ["--tunnel-idle-timeout", "400ms"] }));
+    track(await startAgent(server.quicPort));
+    const socket = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+    socket.on("error", () => {});
+    let received = "";
+    socket.on("data", (chunk) => {
+      received += chunk.toString();
+    });
+    const closed = new Promise<number>((resolve) => socket.once("close", () => resolve(Date.now())));
+    socket.write(`CONNECT 127.0.0.1:${(echo.address() as net.AddressInfo).port} HTTP/1.1\r\n\r\n`);
+    // Six bytes 200 ms apart: 1.2 s in all, three times the idle timeout, never idle for 400 ms.
+    for (let i = 0; i < 6; i++) {
+      const echoed = new Promise<void>((resolve) => socket.once("data", () => resolve()));
+      socket.write(String(i));
+      await echoed;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    assert.equal(socket.destroyed, false, "the active tunnel is still open");
+    assert.match(received, /012345$/);
+    const quietSince = Date.now();
+    const end = await closed;
+    assert.ok(end - quietSince >= 200 && end - quietSince < 3_000, `closed ${end - quietSince} ms after it fell quiet`);
+    echo.close();
+  });
+
+  test("--quic-retry=false: the server sends no Retry (and does by default)", async () => {
+    for (const [args, retries] of [
+      [[], true],
+      [["--quic-retry=false"], false],
+    ] as const) {
+      const server = track(await startServer({ args: [...args] }));
+      let sawRetry = false;
+      // Looks at the server's datagrams on their way to the agent: a Retry is a long header of type 3.
+      const relay = await udpRelay(server.quicPort, (direction, datagram) => {
+        if (direction === "to-client" && (datagram[0] & 0xf0) === 0xf0) sawRetry = true;
+        return false;
+      });
+      const agent = track(await startAgent(relay.port));
+      await agent.stop();
+      relay.close();
+      await server.stop();
+      assert.equal(sawRetry, retries, `Retry with ${args.join(" ") || "the default"}`);
+    }
   });
 
   test("--agent-subject admits only the named agents", async () => {
