@@ -1,12 +1,15 @@
 /**
  * The UDP socket under the quiche engine, the one runtime-specific spot of that engine. On Bun the
  * socket's native handle offers `sendMany` (sendmmsg): packets go out in batches of 64 from reused
- * buffers, about three times cheaper per packet than one `send` each. Elsewhere every packet is
- * copied and sent on its own (the copy matters: `node:dgram` may send on a later tick).
+ * buffers, about three times cheaper per packet than one `send` each. On Deno on Linux the socket
+ * comes from `Deno.listenDatagram` and packets leave through libc's `sendto` (datagram-deno.ts).
+ * Elsewhere, and on Deno where that module cannot work, every packet is copied and sent on its own
+ * (the copy matters: `node:dgram` may send on a later tick).
  *
  * @module
  */
 import dgram from "node:dgram";
+import { bindDenoDatagramSocket, openDenoUdp } from "./datagram-deno.ts";
 
 /** Where one produced packet goes. */
 export interface PacketTarget {
@@ -28,7 +31,10 @@ export interface DatagramSource {
 export interface DatagramSocket {
   /** The bound local address. */
   readonly local: { host: string; port: number };
-  /** Calls `handler` for every datagram; the buffer is the handler's to keep. */
+  /**
+   * Calls `handler` for every datagram. The buffer is valid only during the call: on Deno the next
+   * datagram is read into the same memory.
+   */
   onMessage(handler: (datagram: Buffer, source: DatagramSource) => void): void;
   /** Sends every packet `produce` yields, batched where the runtime can. */
   send(produce: PacketProducer): void;
@@ -100,6 +106,10 @@ function packetSender(socket: dgram.Socket): (produce: PacketProducer) => void {
  * wildcard. Rejects with an Error naming the address when binding fails.
  */
 export async function bindDatagramSocket(options: { host: string; port: number; family: 4 | 6 }): Promise<DatagramSocket> {
+  const deno = openDenoUdp();
+  if (deno !== undefined) {
+    return bindDenoDatagramSocket(deno, { ...options, packetBytes: MAX_DATAGRAM, bufferBytes: SOCKET_BUFFER_BYTES });
+  }
   const socket = dgram.createSocket(options.family === 6 ? "udp6" : "udp4");
   await new Promise<void>((resolve, reject) => {
     socket.once("error", (err) => {
@@ -112,8 +122,15 @@ export async function bindDatagramSocket(options: { host: string; port: number; 
   // ICMP errors (port unreachable) surface here; QUIC's timers report a peer that is gone.
   socket.on("error", () => {});
   try {
-    socket.setRecvBufferSize(SOCKET_BUFFER_BYTES);
-    socket.setSendBufferSize(SOCKET_BUFFER_BYTES);
+    if ("Deno" in globalThis) {
+      // Deno's node:dgram (without --unstable-net, say) never resizes the kernel's buffers: it allocates
+      // a fresh receive buffer of twice this size for every datagram, so 4 MiB here cost 8 MiB per
+      // packet and held a tunnel to ~1 MiB/s. The smallest size that fits every packet is fastest.
+      socket.setRecvBufferSize(MAX_DATAGRAM);
+    } else {
+      socket.setRecvBufferSize(SOCKET_BUFFER_BYTES);
+      socket.setSendBufferSize(SOCKET_BUFFER_BYTES);
+    }
   } catch {
     // Some runtimes cannot resize; the kernel default still works, only slower.
   }
