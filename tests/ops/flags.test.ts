@@ -97,32 +97,36 @@ test("klog's flags are accepted in every Go spelling and reported as ignored; -v
   );
   assert.ok(typeof values === "object");
   assert.equal(values.v, 3);
-  assert.deepEqual(
-    [...values.ignored].sort(),
-    [
-      "-add_dir_header",
-      "-alsologtostderr",
-      "-log_backtrace_at",
-      "-log_dir",
-      "-log_file",
-      "-log_file_max_size",
-      "-logtostderr",
-      "-one_output",
-      "-skip_headers",
-      "-skip_log_headers",
-      "-stderrthreshold",
-      "-vmodule",
-    ],
-  );
+  assert.deepEqual([...values.ignored].sort(), [
+    "-add_dir_header",
+    "-alsologtostderr",
+    "-log_backtrace_at",
+    "-log_dir",
+    "-log_file",
+    "-log_file_max_size",
+    "-logtostderr",
+    "-one_output",
+    "-skip_headers",
+    "-skip_log_headers",
+    "-stderrthreshold",
+    "-vmodule",
+  ]);
   assert.equal(parseFlags(["-h"], FLAGS), "help");
   assert.equal(parseFlags(["-v", "2", "--cert-file", "x"], FLAGS) !== "help", true);
 });
 
 test("values: negative and meaningless zero values are one-line errors naming the flag", () => {
   const specs = { ...FLAGS, "idle-timeout": { kind: "duration", positive: true, default: "5s", help: "." } } as const;
-  assert.throws(() => parseFlags(["--cert-file", "x", "--idle-timeout", "-5s"], specs), /^FlagError: --idle-timeout must be positive, got -5s$/);
+  assert.throws(
+    () => parseFlags(["--cert-file", "x", "--idle-timeout", "-5s"], specs),
+    /^FlagError: --idle-timeout must be positive, got -5s$/,
+  );
   assert.throws(() => parseFlags(["--cert-file", "x", "-idle-timeout=0"], specs), /--idle-timeout must be positive, got 0$/);
   assert.throws(() => parseFlags(["--cert-file", "x", "--timeout", "-1s"], specs), /--timeout must not be negative, got -1s$/);
-  assert.deepEqual((parseFlags(["--cert-file", "x", "--timeout", "0"], specs) as { timeout: number }).timeout, 0, "zero where it means off");
+  assert.deepEqual(
+    (parseFlags(["--cert-file", "x", "--timeout", "0"], specs) as { timeout: number }).timeout,
+    0,
+    "zero where it means off",
+  );
   assert.throws(() => parseFlags(["--cert-file", "x", "--timeout"], specs), /--timeout needs a value/);
 });

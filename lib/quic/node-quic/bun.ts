@@ -4,6 +4,7 @@
  *
  * @module
  */
+// @ts-ignore: Deno ships no node:quic (nor its types); only Bun loads this engine.
 import { type QuicStream as NodeStream, QuicSession, type SessionOptions } from "node:quic";
 import { inspect } from "node:util";
 

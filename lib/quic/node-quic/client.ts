@@ -6,6 +6,7 @@
 import type { X509Certificate } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
+// @ts-ignore: Deno ships no node:quic (nor its types); only Bun loads this engine.
 import type { QuicStream as NodeStream, QuicSession } from "node:quic";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";

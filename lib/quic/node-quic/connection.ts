@@ -3,6 +3,7 @@
  *
  * @module
  */
+// @ts-ignore: Deno ships no node:quic (nor its types); only Bun loads this engine.
 import type { QuicStream as NodeStream, QuicSession } from "node:quic";
 import { BaseConnection } from "../connection.ts";
 import { describeClose, QuicError } from "../errors.ts";

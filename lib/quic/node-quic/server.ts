@@ -6,6 +6,7 @@
  */
 import { createPrivateKey } from "node:crypto";
 import { EventEmitter } from "node:events";
+// @ts-ignore: Deno ships no node:quic (nor its types); only Bun loads this engine.
 import type { QuicEndpoint, QuicSession } from "node:quic";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";

@@ -6,6 +6,7 @@
  * @module
  */
 
+// @ts-ignore: Deno ships no node:quic (nor its types); only Bun loads this engine.
 import { QuicError as NodeQuicError, type QuicStream as NodeStream } from "node:quic";
 import { Duplex } from "node:stream";
 import { STREAM_CANCELLED } from "../../protocol.ts";
