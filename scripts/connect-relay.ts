@@ -12,6 +12,10 @@ import { HttpError, parseConnectTarget, readRequestHead, replyAndClose, statusRe
 import { dial } from "../lib/tunnel/dial.ts";
 import { pipeBoth } from "../lib/tunnel/pipe.ts";
 
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  process.stdout.write('Usage: bun run scripts/connect-relay.ts --listen HOST:PORT   (port 0: any; prints "listening PORT")\n');
+  process.exit(0);
+}
 const listenAt = parseHostPort(process.argv[process.argv.indexOf("--listen") + 1] ?? "127.0.0.1:0") ?? { host: "127.0.0.1", port: 0 };
 const server = net.createServer({ allowHalfOpen: true, noDelay: true }, async (socket) => {
   socket.on("error", () => {});
