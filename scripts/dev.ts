@@ -15,7 +15,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node
 import http from "node:http";
 import net from "node:net";
 import { join } from "node:path";
-import { ensureDevCerts } from "../lib/dev-certs.ts";
+import { ensureDevCerts } from "./dev-certs.ts";
 import { agentArgs, ROOT, runtimeCommand, serverTlsArgs } from "./roles.ts";
 
 const HOST = "127.0.0.1";

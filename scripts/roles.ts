@@ -1,13 +1,18 @@
 /**
- * Running the role scripts from the project's own tooling (npm start, the benchmark, the tests):
- * the project root, the command that runs a script on a runtime, and the certificate flags of each
- * role. Tests import this; it imports nothing of the tests.
+ * Running the role scripts from the project's own tooling (npm start, the benchmark, the soak, the
+ * tests): the project root, the command that runs a script on a runtime, the certificate flags of
+ * each role, and role processes started and watched through their log. Tests import this; it
+ * imports nothing of the tests.
  *
  * @module
  */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { DevCertPaths } from "../lib/dev-certs.ts";
+import type { EngineName } from "../lib/quic/mod.ts";
+import { type DevCertPaths, ensureDevCerts } from "./dev-certs.ts";
 
 /** The project root. */
 export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
@@ -39,4 +44,176 @@ export function serverTlsArgs(certs: Pick<DevCertPaths, "ca" | "serverCert" | "s
 /** The flags of an agent dialing `server` (host:port) with `certs`. */
 export function agentArgs(server: string, certs: Pick<DevCertPaths, "ca" | "clientCert" | "clientKey">): string[] {
   return ["--server", server, "--ca-file", certs.ca, "--cert-file", certs.clientCert, "--cert-key", certs.clientKey];
+}
+
+/** A role script running as a child process, its stderr collected. */
+export interface RoleProcess {
+  child: ChildProcess;
+  /** Everything the process wrote to stderr so far. */
+  log(): string;
+  /** Resolves with the first match of `pattern` in stderr (past or future). */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Sends `signal` and resolves with the exit code (or signal name). */
+  stop(signal?: NodeJS.Signals): Promise<number | string>;
+  /** Resolves with the exit code (or signal name) when the process ends by itself. */
+  exited: Promise<number | string>;
+}
+
+/**
+ * Starts `script` (server.ts, agent.ts, ...) with `args`, inside network namespace `netns` if
+ * given, with QUIC engine `engine` if given (else the role's default).
+ */
+export function spawnRole(
+  script: string,
+  args: string[],
+  options: { netns?: string; runtime?: Runtime; engine?: EngineName } = {},
+): RoleProcess {
+  const [command, base] = runtimeCommand(script, options.runtime);
+  const argv = [...base, ...args, ...(options.engine ? ["--quic-engine", options.engine] : [])];
+  return options.netns ? spawnProcess("ip", ["netns", "exec", options.netns, command, ...argv]) : spawnProcess(command, argv);
+}
+
+/** Starts any command as a {@link RoleProcess} (compiled binaries, chroot). */
+export function spawnProcess(command: string, args: string[]): RoleProcess {
+  const script = args.find((arg) => arg.endsWith(".ts")) ?? command;
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+  let stderr = "";
+  const waiters = new Set<() => void>();
+  child.stderr?.setEncoding("utf8");
+  child.stderr?.on("data", (text: string) => {
+    stderr += text;
+    for (const waiter of waiters) waiter();
+  });
+  child.stdout?.resume();
+  const exited = new Promise<number | string>((resolve) => {
+    child.once("exit", (code, signal) => {
+      resolve(code ?? signal ?? -1);
+      for (const waiter of waiters) waiter();
+    });
+  });
+  return {
+    child,
+    exited,
+    log: () => stderr,
+    waitFor(pattern, timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const match = pattern.exec(stderr);
+          if (match) {
+            done();
+            resolve(match);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            done();
+            reject(new Error(`${script} exited (${child.exitCode ?? child.signalCode}) before ${pattern}:\n${stderr}`));
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`timed out after ${timeoutMs} ms waiting for ${pattern} from ${script}:\n${stderr}`));
+        }, timeoutMs);
+        const done = () => {
+          clearTimeout(timer);
+          waiters.delete(check);
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    stop(signal = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+let sharedCerts: DevCertPaths | undefined;
+
+/** Development certificates made once per process in a temporary directory (tests, benchmarks). */
+export function scratchCerts(): DevCertPaths {
+  sharedCerts ??= ensureDevCerts(mkdtempSync(join(tmpdir(), "quic-tunnel-certs-")));
+  return sharedCerts;
+}
+
+/** A started server and its bound ports. */
+export interface ServerProcess extends RoleProcess {
+  tcpPort: number;
+  quicPort: number;
+}
+
+/** Starts server.ts on loopback with free ports (or `ports`) and waits until it listens. */
+export async function startServer(
+  options: {
+    certs?: DevCertPaths;
+    args?: string[];
+    tcpPort?: number;
+    quicPort?: number;
+    quicHost?: string;
+    netns?: string;
+    runtime?: Runtime;
+    engine?: EngineName;
+  } = {},
+): Promise<ServerProcess> {
+  const certs = options.certs ?? scratchCerts();
+  const proc = spawnRole(
+    "server.ts",
+    [
+      "--listen-tcp",
+      `127.0.0.1:${options.tcpPort ?? 0}`,
+      "--listen-quic",
+      `${options.quicHost ?? "127.0.0.1"}:${options.quicPort ?? 0}`,
+      ...serverTlsArgs(certs),
+      ...(options.args ?? []),
+    ],
+    { netns: options.netns, runtime: options.runtime, engine: options.engine },
+  );
+  const match = await proc.waitFor(/server started, tcp=127\.0\.0\.1:(\d+) quic=\S+:(\d+)/);
+  return Object.assign(proc, { tcpPort: Number(match[1]), quicPort: Number(match[2]) });
+}
+
+/** Starts agent.ts (or agent-tcp.ts) against `quicPort`; waits for the connection unless told not to. */
+export async function startAgent(
+  quicPort: number,
+  options: {
+    script?: string;
+    certs?: DevCertPaths;
+    args?: string[];
+    wait?: boolean;
+    serverHost?: string;
+    netns?: string;
+    runtime?: Runtime;
+    engine?: EngineName;
+  } = {},
+): Promise<RoleProcess> {
+  const certs = options.certs ?? scratchCerts();
+  const proc = spawnRole(
+    options.script ?? "agent.ts",
+    [...agentArgs(`${options.serverHost ?? "127.0.0.1"}:${quicPort}`, certs), ...(options.args ?? [])],
+    { netns: options.netns, runtime: options.runtime, engine: options.engine },
+  );
+  if (options.wait !== false) await proc.waitFor(/connected to server/);
+  return proc;
+}
+
+/** Runs a command to completion, collecting stdout and stderr. */
+export function run(
+  command: string,
+  args: string[],
+  options: { input?: Buffer; timeoutMs?: number } = {},
+): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: [options.input ? "pipe" : "ignore", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    let stderr = "";
+    child.stdout?.on("data", (chunk: Buffer) => out.push(chunk));
+    child.stderr?.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout: Buffer.concat(out), stderr });
+    });
+    if (options.input) child.stdin?.end(options.input);
+  });
 }

@@ -8,7 +8,8 @@
  * @module
  */
 import { readdirSync, readFileSync } from "node:fs";
-import { rawExchange, startAgent, startHttpTarget, startServer } from "../tests/harness.ts";
+import { startAgent, startServer } from "./roles.ts";
+import { rawExchange, startHttpTarget } from "./traffic.ts";
 
 const bursts = Number(process.argv[2] ?? 24);
 const perBurst = Number(process.argv[3] ?? 1000);

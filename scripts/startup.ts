@@ -9,10 +9,10 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { agentArgs, ROOT, type RoleProcess, runtimeCommand, serverTlsArgs, spawnProcess, testCerts } from "../tests/harness.ts";
+import { agentArgs, ROOT, type RoleProcess, runtimeCommand, scratchCerts, serverTlsArgs, spawnProcess } from "./roles.ts";
 
 const runs = Number(process.argv[2] ?? 7);
-const certs = testCerts();
+const certs = scratchCerts();
 const serverArgs = ["--listen-tcp", "127.0.0.1:0", "--listen-quic", "127.0.0.1:0", ...serverTlsArgs(certs)];
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -26,12 +26,9 @@ async function timeToReady(start: () => RoleProcess, ready: RegExp): Promise<[nu
 const commands: Record<string, (role: string) => [string, string[]]> = {
   "bun run": (role) => runtimeCommand(`${role}.ts`),
 };
-if (existsSync(join(ROOT, "dist", "quic-server"))) {
-  commands.binary = (role) => [
-    join(ROOT, "dist", { server: "quic-server", agent: "quic-agent", "agent-tcp": "quic-agent-tcp" }[role] ?? role),
-    [],
-  ];
-}
+// The multi-call binary of `npm run build` for this machine, run with the role as first argument.
+const binary = join(ROOT, "dist", process.arch === "arm64" ? "linux-arm64" : "linux-x64", "quic-tunnel");
+if (existsSync(binary)) commands.binary = (role) => [binary, [role]];
 for (const [way, command] of Object.entries(commands)) {
   const times: Record<string, number[]> = { server: [], agent: [], "agent-tcp": [] };
   for (let i = 0; i < runs; i++) {

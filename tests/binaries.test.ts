@@ -23,11 +23,11 @@ import {
   type RoleProcess,
   run,
   SLOW_TRANSPORT,
+  scratchCerts,
   serverTlsArgs,
   sha256,
   spawnProcess,
   startHttpTarget,
-  testCerts,
 } from "./harness.ts";
 
 /** Each role: its argument to quic-tunnel and the link named after it. */
@@ -142,7 +142,7 @@ function minimalRoot(platform: string, extra: string[] = []): string {
   copyFileSync(join(dist(platform), "quic-tunnel"), join(root, "quic-tunnel"));
   for (const { link } of ROLES) symlinkSync("quic-tunnel", join(root, link));
   for (const file of extra) copyFileSync(file, join(root, basename(file)));
-  const certs = testCerts();
+  const certs = scratchCerts();
   mkdirSync(join(root, "certs"));
   for (const file of ["ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"])
     copyFileSync(join(certs.ca, "..", file), join(root, "certs", file));
@@ -198,7 +198,7 @@ test("linux-arm64 under qemu: quiche is left out, auto falls back to node-quic a
   if (reason) return skip(t, reason);
   const bin = dist("linux-arm64");
   const qemu = (command: string, args: string[]) => spawnProcess(QEMU, ["-L", AARCH64_LIBS, join(bin, command), ...args]);
-  const certs = testCerts();
+  const certs = scratchCerts();
 
   const quiche = await run(
     QEMU,

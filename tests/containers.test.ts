@@ -20,11 +20,11 @@ import {
   ROOT,
   run,
   SLOW_TRANSPORT,
+  scratchCerts,
   serverTlsArgs,
   sha256,
   spawnProcess,
   startHttpTarget,
-  testCerts,
 } from "./harness.ts";
 
 const PODMAN = ["--runtime", "runc"];
@@ -135,7 +135,7 @@ test("linux/amd64 scratch images of server and agent build offline and carry a t
     await buildImages("amd64", made);
 
     // Certificates readable by the image's non-root user.
-    const certs = testCerts();
+    const certs = scratchCerts();
     const dir = mkdtempSync(join(tmpdir(), "quic-tunnel-podman-"));
     chmodSync(dir, 0o755);
     for (const file of ["ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"]) {

@@ -20,11 +20,11 @@ import {
   run,
   type ServerProcess,
   SLOW_TRANSPORT,
+  scratchCerts,
   sha256,
   startAgent,
   startHttpTarget,
   startServer,
-  testCerts,
 } from "./harness.ts";
 
 const track = trackProcesses();
@@ -63,7 +63,7 @@ for (const engine of ENGINES) {
     });
 
     test("HTTPS inside the CONNECT tunnel, verified end to end", async () => {
-      const certs = testCerts();
+      const certs = scratchCerts();
       const secure = https.createServer({ cert: readFileSync(certs.serverCert), key: readFileSync(certs.serverKey) }, (_req, res) =>
         res.end("secret hello\n"),
       );
@@ -81,7 +81,7 @@ for (const engine of ENGINES) {
     });
 
     test("openssl s_client speaks TLS through a CONNECT proxy", async () => {
-      const certs = testCerts();
+      const certs = scratchCerts();
       const secure = https.createServer({ cert: readFileSync(certs.serverCert), key: readFileSync(certs.serverKey) }, (_req, res) =>
         res.end("via openssl\n"),
       );
@@ -297,7 +297,7 @@ for (const engine of ENGINES) {
       const agent = track(
         await startAgent(server.quicPort, {
           engine,
-          certs: { ...foreign, ca: testCerts().ca },
+          certs: { ...foreign, ca: scratchCerts().ca },
           wait: false,
           args: ["--reconnect-max", "300ms"],
         }),
@@ -312,7 +312,7 @@ for (const engine of ENGINES) {
 
     test("an agent refuses a server whose certificate its CA did not sign", async () => {
       const foreign = foreignCerts();
-      const server = track(await startServer({ engine, certs: { ...foreign, ca: testCerts().ca } }));
+      const server = track(await startServer({ engine, certs: { ...foreign, ca: scratchCerts().ca } }));
       const agent = track(await startAgent(server.quicPort, { engine, wait: false }));
       await agent.waitFor(/cannot connect to server .*(TLS alert|certificate of \S+ refused)/);
       await agent.stop();

@@ -14,11 +14,11 @@ import {
   rawExchange,
   roleMetrics,
   SLOW_TRANSPORT,
+  scratchCerts,
   serverTlsArgs,
   spawnRole,
   startAgent,
   startServer,
-  testCerts,
 } from "./harness.ts";
 
 const track = trackProcesses();
@@ -176,7 +176,7 @@ describe("limits count every tunnel from its accept", { skip: SLOW_TRANSPORT }, 
 
 describe("certificates checked at start", { skip: SLOW_TRANSPORT }, () => {
   test("a key that is not the certificate's: the server exits 1 naming both flags, and so does the agent", async () => {
-    const certs = testCerts();
+    const certs = scratchCerts();
     const server = spawnRole("server.ts", [...serverTlsArgs({ ...certs, serverKey: certs.clientKey }), "--listen-tcp", "127.0.0.1:0"]);
     assert.equal(await server.exited, 1);
     assert.match(server.log(), /--cert-key .*client\.key is not the private key of the certificate in --cert-file .*tls\.crt/);
@@ -193,7 +193,7 @@ describe("certificates checked at start", { skip: SLOW_TRANSPORT }, () => {
 
   test("an agent whose server certificate another CA signed says which CA did", async () => {
     const foreign = foreignCerts();
-    const server = track(await startServer({ certs: { ...foreign, ca: testCerts().ca } }));
+    const server = track(await startServer({ certs: { ...foreign, ca: scratchCerts().ca } }));
     const agent = track(await startAgent(server.quicPort, { wait: false }));
     await agent.waitFor(/issued by CN=some-other-ca, not by a CA of --ca-file \(CN=quic-tunnel-dev-ca\)/);
   });

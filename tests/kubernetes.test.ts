@@ -12,7 +12,7 @@ import type { Duplex } from "node:stream";
 import { test } from "node:test";
 import { connect as connectTls } from "node:tls";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
-import { ROOT, run, runtimeCommand, SLOW_TRANSPORT, startAgent, startServer, testCerts } from "./harness.ts";
+import { ROOT, run, runtimeCommand, SLOW_TRANSPORT, scratchCerts, startAgent, startServer } from "./harness.ts";
 
 const track = trackProcesses();
 const target = httpTargetFixture();
@@ -96,7 +96,7 @@ async function egressDial(socket: Duplex, targetPort: number): Promise<string> {
 }
 
 test("kube-apiserver's egress dial over TLS with a client certificate gets 200 and a clean stream", { skip: SLOW_TRANSPORT }, async () => {
-  const certs = testCerts();
+  const certs = scratchCerts();
   const server = track(
     await startServer({ args: ["--tcp-cert-file", certs.serverCert, "--tcp-cert-key", certs.serverKey, "--tcp-client-ca-file", certs.ca] }),
   );

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import pkg from "../package.json" with { type: "json" };
-import { run, runtimeCommand, serverTlsArgs, spawnRole, testCerts } from "./harness.ts";
+import { run, runtimeCommand, scratchCerts, serverTlsArgs, spawnRole } from "./harness.ts";
 
 const ROLES = {
   "server.ts": ["--listen-tcp", "--listen-quic", "--cert-file", "--cert-key", "--client-ca-file", "--v", "--max-udp-payload", "--alpn"],
@@ -42,7 +42,7 @@ test("a bad flag exits 2 with a message that names it", async () => {
 });
 
 test("an unreadable or wrong certificate file exits 1 naming the flag", async () => {
-  const certs = testCerts();
+  const certs = scratchCerts();
   const absent = await runRole("server.ts", [
     "--cert-file",
     "/nonexistent.crt",
@@ -59,14 +59,14 @@ test("an unreadable or wrong certificate file exits 1 naming the flag", async ()
 });
 
 test("a port in use is a clear start-up error", async () => {
-  const first = spawnRole("server.ts", ["--listen-tcp", "127.0.0.1:0", "--listen-quic", "127.0.0.1:0", ...serverTlsArgs(testCerts())]);
+  const first = spawnRole("server.ts", ["--listen-tcp", "127.0.0.1:0", "--listen-quic", "127.0.0.1:0", ...serverTlsArgs(scratchCerts())]);
   const match = await first.waitFor(/tcp=127\.0\.0\.1:(\d+) quic=127\.0\.0\.1:(\d+)/);
   const second = await runRole("server.ts", [
     "--listen-tcp",
     `127.0.0.1:${match[1]}`,
     "--listen-quic",
     "127.0.0.1:0",
-    ...serverTlsArgs(testCerts()),
+    ...serverTlsArgs(scratchCerts()),
   ]);
   await first.stop();
   assert.equal(second.code, 1);
@@ -74,7 +74,7 @@ test("a port in use is a clear start-up error", async () => {
 });
 
 test("the reference's own Makefile command lines, klog flags and all, run each role", async () => {
-  const certs = testCerts();
+  const certs = scratchCerts();
   // As the reference's Makefile starts them (certificates from our test set, and klog flags that
   // manifests written for the reference add).
   const server = spawnRole("server.ts", [

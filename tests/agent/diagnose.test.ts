@@ -3,10 +3,10 @@ import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { certificateNames, explainServerCertificate } from "../../lib/agent/diagnose.ts";
-import { foreignCerts, testCerts } from "../harness.ts";
+import { foreignCerts, scratchCerts } from "../harness.ts";
 
-const server = () => new X509Certificate(readFileSync(testCerts().serverCert));
-const ca = () => readFileSync(testCerts().ca);
+const server = () => new X509Certificate(readFileSync(scratchCerts().serverCert));
+const ca = () => readFileSync(scratchCerts().ca);
 
 test("a good server certificate has nothing to explain", () => {
   assert.equal(explainServerCertificate(server(), { serverName: "quic-tunnel-server", ca: ca() }), undefined);

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import { getLogger } from "@logtape/logtape";
 import { loadTls, validityProblem, watchCertificates } from "../../lib/ops/certificates.ts";
 import { Registry } from "../../lib/ops/metrics.ts";
-import { foreignCerts, testCerts } from "../harness.ts";
+import { foreignCerts, scratchCerts } from "../harness.ts";
 
 const files = (dir: string) => ({
   ca: { flag: "ca-file", path: join(dir, "ca.crt") },
@@ -16,7 +16,7 @@ const files = (dir: string) => ({
 });
 
 function copyCerts(): string {
-  const certs = testCerts();
+  const certs = scratchCerts();
   const dir = mkdtempSync(join(tmpdir(), "quic-tunnel-tls-"));
   for (const name of ["ca.crt", "client.crt", "client.key"]) copyFileSync(join(certs.ca, "..", name), join(dir, name));
   return dir;
@@ -43,7 +43,7 @@ test("a key that is not the certificate's is an error naming both flags", () => 
 });
 
 test("validity: not yet valid is said as such, expired as expired, and the last 30 days are warned about", () => {
-  const certificate = new X509Certificate(readFileSync(testCerts().clientCert));
+  const certificate = new X509Certificate(readFileSync(scratchCerts().clientCert));
   const from = Date.parse(certificate.validFrom);
   const to = Date.parse(certificate.validTo);
   assert.match(String(validityProblem(certificate, from - 1000)), /^is not valid yet: valid from /);

@@ -9,9 +9,9 @@ import { createHash, randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import type { DevCertPaths } from "../../lib/dev-certs.ts";
 import type { QuicConnection, QuicEngine, QuicError, QuicServer, QuicStream, TlsMaterial, TransportOptions } from "../../lib/quic/mod.ts";
-import { foreignCerts, testCerts } from "../harness.ts";
+import type { DevCertPaths } from "../../scripts/dev-certs.ts";
+import { foreignCerts, scratchCerts } from "../harness.ts";
 import { udpRelay } from "./relay.ts";
 
 const read = (path: string) => readFileSync(path);
@@ -71,7 +71,7 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
     let foreign: DevCertPaths;
     const servers: QuicServer[] = [];
     before(() => {
-      certs = testCerts();
+      certs = scratchCerts();
       foreign = foreignCerts();
     });
     after(async () => {

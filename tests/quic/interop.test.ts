@@ -8,7 +8,7 @@ import { after, describe, test } from "node:test";
 import { hasNodeQuic, type QuicConnection, type QuicEngine, type QuicError, type QuicServer, type QuicStream } from "../../lib/quic/mod.ts";
 import { nodeQuicEngine } from "../../lib/quic/node-quic/mod.ts";
 import { quicheEngine } from "../../lib/quic/quiche/mod.ts";
-import { testCerts } from "../harness.ts";
+import { scratchCerts } from "../harness.ts";
 import { clientTls, collect, sendAll, serverTls } from "./conformance.ts";
 
 const skip = (await hasNodeQuic()) ? undefined : "this runtime has no node:quic";
@@ -23,14 +23,14 @@ for (const [clientEngine, serverEngine] of [
 ] as Array<[QuicEngine, QuicEngine]>) {
   describe(`a ${clientEngine.name} client with a ${serverEngine.name} server`, { skip }, () => {
     async function pair() {
-      const server = await serverEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(testCerts()) });
+      const server = await serverEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(scratchCerts()) });
       servers.push(server);
       const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
       const client = await clientEngine.connect({
         host: "127.0.0.1",
         port: server.address().port,
         serverName: "quic-tunnel-server",
-        tls: clientTls(testCerts()),
+        tls: clientTls(scratchCerts()),
       });
       return { client, serverSide: await accepted };
     }

@@ -8,7 +8,7 @@ import dgram from "node:dgram";
 import { after, before, describe, test } from "node:test";
 import type { QuicServer } from "../../lib/quic/mod.ts";
 import { quicheEngine } from "../../lib/quic/quiche/mod.ts";
-import { testCerts } from "../harness.ts";
+import { scratchCerts } from "../harness.ts";
 import { clientTls, conformanceSuite, serverTls } from "./conformance.ts";
 import { initialPacket, parseRetry } from "./packets.ts";
 
@@ -26,7 +26,7 @@ describe("quiche engine: its own endpoint", () => {
     await Promise.all(servers.map((server) => server.close()));
   });
   const listen = async (retry?: boolean) => {
-    const server = await quicheEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(testCerts()), retry });
+    const server = await quicheEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(scratchCerts()), retry });
     servers.push(server);
     return server;
   };
@@ -71,7 +71,7 @@ describe("quiche engine: its own endpoint", () => {
       host: "127.0.0.1",
       port: server.address().port,
       serverName: "quic-tunnel-server",
-      tls: clientTls(testCerts()),
+      tls: clientTls(scratchCerts()),
     });
     client.close();
   });

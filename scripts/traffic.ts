@@ -1,0 +1,108 @@
+/**
+ * Traffic for the tunnel from the project's own tooling (tests, soak): a local HTTP target serving
+ * deterministic bodies whose sha256 is known in any process, and a raw TCP client.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import http from "node:http";
+import net from "node:net";
+
+/** 1 MiB of pseudo-random bytes, the same in every process (so a target in another process matches). */
+const BLOCK = Buffer.concat(Array.from({ length: 1 << 15 }, (_, i) => createHash("sha256").update(`block ${i}`).digest()));
+
+/** The n-th MiB of the deterministic download body: a random block stamped with its index. */
+function bodyChunk(index: number): Buffer {
+  const chunk = Buffer.from(BLOCK);
+  chunk.writeUInt32BE(index, 0);
+  return chunk;
+}
+
+/** sha256 (hex) of the download body of `mib` MiB that {@link startHttpTarget} serves. */
+export function expectedSha256(mib: number): string {
+  const hash = createHash("sha256");
+  for (let i = 0; i < mib; i++) hash.update(bodyChunk(i));
+  return hash.digest("hex");
+}
+
+/** The body `GET /bytes/N` answers: N bytes of the same deterministic block. */
+export function bytesBody(length: number): Buffer {
+  return BLOCK.subarray(0, length);
+}
+
+/**
+ * A local HTTP target: `GET /mib/N` sends N MiB, `GET /bytes/N` N bytes (N at most 1 MiB), `POST`
+ * answers the body's `bytes sha256`.
+ */
+export async function startHttpTarget(host = "127.0.0.1"): Promise<{ port: number; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    if (req.method === "POST" || req.method === "PUT") {
+      const hash = createHash("sha256");
+      let bytes = 0;
+      req.on("data", (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      req.on("end", () => res.end(`${bytes} ${hash.digest("hex")}`));
+      return;
+    }
+    const bytes = /^\/bytes\/(\d+)$/.exec(req.url ?? "");
+    if (bytes) {
+      const body = bytesBody(Number(bytes[1]));
+      res.writeHead(200, { "content-length": body.length, "content-type": "application/octet-stream" }).end(body);
+      return;
+    }
+    const mib = Number(/^\/mib\/(\d+)$/.exec(req.url ?? "")?.[1] ?? 0);
+    if (!mib) {
+      res.end("hello through the tunnel\n");
+      return;
+    }
+    res.writeHead(200, { "content-length": mib << 20, "content-type": "application/octet-stream" });
+    let index = 0;
+    const pump = () => {
+      while (index < mib) {
+        if (!res.write(bodyChunk(index++))) return void res.once("drain", pump);
+      }
+      res.end();
+    };
+    pump();
+  });
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () => {
+      server.closeAllConnections?.();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** Opens a raw TCP connection, sends `request`, and resolves with everything until the server closes. */
+export function rawExchange(
+  port: number,
+  request: string | Buffer,
+  options: { timeoutMs?: number; endAfterWrite?: boolean } = {},
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+    let text = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      text += chunk;
+    });
+    socket.on("error", (err) => (text ? resolve(text) : reject(err)));
+    socket.on("close", () => resolve(text));
+    socket.setTimeout(options.timeoutMs ?? 10_000, () => {
+      socket.destroy();
+      reject(new Error(`no close after ${options.timeoutMs ?? 10_000} ms; got ${JSON.stringify(text.slice(0, 200))}`));
+    });
+    socket.write(request);
+    if (options.endAfterWrite) socket.end();
+    socket.on("end", () => socket.end());
+  });
+}
+
+/** sha256 (hex) of a buffer. */
+export function sha256(data: Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
