@@ -34,7 +34,7 @@ const flags = parseCommandLine(
     allow: {
       kind: "list",
       value: "rule",
-      help: "Allowed targets, repeatable: *, name, *.domain, IP or CIDR ([v6/len]), then :port, :p1,p2 or :lo-hi. None: any target. IP rules match the address dialed, in its own family.",
+      help: "Allowed targets, repeatable: *, name, *.domain, IP or CIDR ([v6/len]), then :port, :p1,p2 or :lo-hi. None: any target. IP rules match the address dialed, in its own family. Targets that are the server's own client listeners get 508 when the server is this program (it tells its agents); the Go reference's server cannot, so exclude its listeners here.",
     },
     "max-header-bytes": {
       positive: true,

@@ -44,7 +44,7 @@ const flags = parseCommandLine(
       kind: "string",
       value: "path",
       required: true,
-      help: "PEM CA bundle that verifies agents' client certificates (required).",
+      help: "PEM CA bundle that verifies agents' client certificates.",
     },
     "agent-subject": {
       kind: "list",

@@ -56,7 +56,7 @@ export const TRANSPORT_FLAGS = {
     value: "name",
     choices: ENGINE_CHOICES,
     default: "auto",
-    help: "QUIC implementation: node-quic (the runtime's built-in node:quic, Bun), quiche (the @matrixai/quic addon, linux-x64), or auto (node-quic where the runtime has it, else quiche).",
+    help: "QUIC implementation: quiche (the @matrixai/quic addon, linux-x64; holds a fast sender back for a slow reader), node-quic (the runtime's built-in node:quic: Bun, any CPU), or auto (quiche where its addon loads, else node-quic).",
   },
   alpn: {
     kind: "string",
