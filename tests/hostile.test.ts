@@ -20,6 +20,7 @@ import {
   startAgent,
   startServer,
 } from "./harness.ts";
+import { until } from "./wait.ts";
 
 const track = trackProcesses();
 const target = httpTargetFixture();
@@ -57,7 +58,18 @@ describe("clients that say nothing, or nothing that is HTTP", { skip: SLOW_TRANS
     const answers = silent.map(whenClosed);
     const served = await rawExchange(server.tcpPort, connectGet(target.port));
     assert.match(served, /hello through the tunnel/, "a real client is served while 300 wait");
-    const agentMetrics = await roleMetrics(agent);
+    // The agent counts the real tunnel once it has ended there, a moment after the client's answer.
+    let agentMetrics = new Map<string, number>();
+    const ended = () =>
+      [...agentMetrics].reduce((sum, [series, value]) => sum + (series.startsWith("quic_tunnel_tunnels_total{") ? value : 0), 0);
+    await until(
+      async () => {
+        agentMetrics = await roleMetrics(agent);
+        return ended() >= 1;
+      },
+      "the agent to count the real tunnel",
+      { intervalMs: 20 },
+    );
     assert.equal(agentMetrics.get('quic_tunnel_tunnels_total{outcome="ok"}'), 1, "the agent saw only the real tunnel");
     assert.equal(agentMetrics.get("quic_tunnel_tunnels_active"), 0);
     const replies = await Promise.all(answers);
@@ -133,23 +145,25 @@ describe("loops back into the server", { skip: SLOW_TRANSPORT }, () => {
     const client = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
     client.on("error", () => {});
     client.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\n\r\n`.repeat(200));
-    const active = async () => (await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? Number.NaN;
-    /** Polls the server's open tunnels until `done` holds (bounded); resolves with the last count. */
-    const until = async (done: (count: number) => boolean, timeoutMs: number) => {
-      const deadline = Date.now() + timeoutMs;
-      let count = await active();
-      while (!done(count) && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-        count = await active();
-      }
-      return count;
-    };
-    assert.ok((await until((count) => count >= 20, 10_000)) >= 20, "the chain grew while the client was there");
-    client.destroy();
-    // Every level ends once the one inside it does: the server must be idle within seconds.
-    const left = await until((count) => count === 0, 25_000);
-    forwarder.close();
-    assert.equal(left, 0, "the chain collapsed");
+    let open = Number.NaN;
+    /** Polls the server's open tunnels (bounded) until `done` holds. */
+    const openTunnelsUntil = (done: (count: number) => boolean, what: string, timeoutMs: number) =>
+      until(
+        async () => {
+          open = (await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? Number.NaN;
+          return done(open);
+        },
+        () => `${what} (${open} tunnels open)`,
+        { timeoutMs, intervalMs: 100 },
+      );
+    try {
+      await openTunnelsUntil((count) => count >= 20, "the chain to grow while the client is there", 10_000);
+      client.destroy();
+      // Every level ends once the one inside it does: the server must be idle within seconds.
+      await openTunnelsUntil((count) => count === 0, "the chain to collapse once the client has gone", 25_000);
+    } finally {
+      forwarder.close();
+    }
   });
 });
 

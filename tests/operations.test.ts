@@ -17,14 +17,16 @@ import {
   rawExchange,
   run,
   runtimeCommand,
+  SIGNALLED_EXIT_CODE_HIDDEN,
   SLOW_TRANSPORT,
+  scratchCerts,
   serverTlsArgs,
   sha256,
   startAgent,
   startServer,
-  testCerts,
 } from "./harness.ts";
 import { udpRelay } from "./quic/relay.ts";
+import { pause, until } from "./wait.ts";
 
 const track = trackProcesses();
 const target = httpTargetFixture();
@@ -51,6 +53,17 @@ async function openTunnel(port: number): Promise<{ finish(): Promise<string> }> 
       return new Promise((resolve) => socket.once("close", () => resolve(received)));
     },
   };
+}
+
+/** True when a TCP connection to `port` on loopback is refused; one that is accepted is closed at once. */
+function connectionRefused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ port, host: "127.0.0.1" }, () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code === "ECONNREFUSED"));
+  });
 }
 
 describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
@@ -92,9 +105,24 @@ describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
 
     assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
     assert.match(await rawExchange(server.tcpPort, "CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 502 /);
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Each side counts a tunnel when it has ended there, a moment after the client has its answer:
+    // wait until both sides have ended both tunnels, whatever they counted them as.
+    const scrape = async (port: number) => parseMetrics((await adminGet(port, "/metrics")).body);
+    const endedTunnels = (metrics: Map<string, number>) =>
+      [...metrics].reduce((sum, [series, value]) => sum + (series.startsWith("quic_tunnel_tunnels_total{") ? value : 0), 0);
+    let serverMetrics = new Map<string, number>();
+    let agentMetrics = new Map<string, number>();
+    await until(
+      async () => {
+        [serverMetrics, agentMetrics] = await Promise.all([scrape(serverAdmin), scrape(agentAdmin)]);
+        return [serverMetrics, agentMetrics].every(
+          (metrics) => endedTunnels(metrics) >= 2 && metrics.get("quic_tunnel_tunnels_active") === 0,
+        );
+      },
+      () => `both tunnels to end on server and agent (ended: ${endedTunnels(serverMetrics)} and ${endedTunnels(agentMetrics)})`,
+      { intervalMs: 20 },
+    );
 
-    const serverMetrics = parseMetrics((await adminGet(serverAdmin, "/metrics")).body);
     assert.equal(serverMetrics.get("quic_tunnel_agents_connected"), 1);
     assert.ok(
       [...serverMetrics.keys()].some((key) =>
@@ -107,7 +135,6 @@ describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
     assert.ok([...serverMetrics.keys()].some((key) => key.startsWith("quic_tunnel_quic_rtt_seconds{peer=")));
     assert.ok([...serverMetrics.keys()].some((key) => key.startsWith("quic_tunnel_quic_cwnd_bytes{peer=")));
 
-    const agentMetrics = parseMetrics((await adminGet(agentAdmin, "/metrics")).body);
     assert.equal(agentMetrics.get("quic_tunnel_server_connected"), 1);
     assert.equal(agentMetrics.get('quic_tunnel_connect_responses_total{code="200"}'), 1);
     assert.equal(agentMetrics.get('quic_tunnel_connect_responses_total{code="502"}'), 1);
@@ -138,15 +165,16 @@ describe("limits and policy", { skip: SLOW_TRANSPORT }, () => {
   test("--max-tunnels on the server and on the agent answer 503 beyond the limit", async () => {
     for (const side of ["server", "agent"] as const) {
       const limit = ["--max-tunnels", "1"];
-      const server = track(await startServer({ args: side === "server" ? limit : [] }));
-      track(await startAgent(server.quicPort, { args: side === "agent" ? limit : [] }));
+      // --v 2: each side logs a tunnel's end, right after it has given back the tunnel's slot.
+      const server = track(await startServer({ args: [...(side === "server" ? limit : []), "--v", "2"] }));
+      const agent = track(await startAgent(server.quicPort, { args: [...(side === "agent" ? limit : []), "--v", "2"] }));
       const holder = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
       holder.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
       await new Promise((resolve) => holder.once("data", resolve));
       const second = await rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
       assert.match(second, new RegExp(`^HTTP/1\\.1 503 [\\s\\S]*${side} tunnel limit \\(1\\) reached`), side);
       holder.destroy();
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await (side === "server" ? server : agent).waitFor(/tunnel (stream \d+|\S+) (closed|ended with error)/);
       assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/, `${side}: room again once the first closed`);
       await server.stop();
     }
@@ -180,7 +208,7 @@ describe("limits and policy", { skip: SLOW_TRANSPORT }, () => {
       const echoed = new Promise<void>((resolve) => socket.once("data", () => resolve()));
       socket.write(String(i));
       await echoed;
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await pause(200); // a fixed gap is the point: quiet for half the idle timeout, then busy again
     }
     assert.equal(socket.destroyed, false, "the active tunnel is still open");
     assert.match(received, /012345$/);
@@ -227,10 +255,13 @@ describe("graceful shutdown", { skip: SLOW_TRANSPORT }, () => {
     const open = await openTunnel(server.tcpPort);
     server.child.kill("SIGTERM");
     await server.waitFor(/draining for up to 5000 ms/);
-    await new Promise((resolve) => setTimeout(resolve, 200)); // the listener closes on the runtime's next turn
+    // The listener closes as draining starts, on some runtimes a turn after the log line: wait until
+    // a bare connection (which sends nothing, so opens no tunnel) is refused.
+    await until(() => connectionRefused(server.tcpPort), "the server to stop accepting clients once draining");
     await assert.rejects(connectAndGet(server.tcpPort), /ECONNREFUSED/);
     assert.match(await open.finish(), /hello through the tunnel/);
-    assert.equal(await server.exited, 0);
+    await server.waitFor(/server stopped/);
+    if (!SIGNALLED_EXIT_CODE_HIDDEN) assert.equal(await server.exited, 0);
   });
 
   test("a second signal exits at once", async () => {
@@ -243,7 +274,7 @@ describe("graceful shutdown", { skip: SLOW_TRANSPORT }, () => {
     server.child.kill("SIGTERM");
     await server.waitFor(/draining/);
     const startedAt = Date.now();
-    assert.equal(await server.stop("SIGTERM"), 1);
+    assert.equal(await server.stop("SIGTERM"), SIGNALLED_EXIT_CODE_HIDDEN ? "SIGTERM" : 1);
     assert.ok(Date.now() - startedAt < 2_000);
     open.destroy();
   });
@@ -260,7 +291,7 @@ describe("graceful shutdown", { skip: SLOW_TRANSPORT }, () => {
     for (let i = 0; i < 4; i++) assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
     assert.equal(leaving.child.exitCode, null, "the leaving agent waits for its open tunnel");
     for (const tunnel of open) assert.match(await tunnel.finish(), /hello through the tunnel/);
-    assert.equal(await leaving.exited, 0);
+    if (!SIGNALLED_EXIT_CODE_HIDDEN) assert.equal(await leaving.exited, 0);
   });
 });
 
@@ -280,7 +311,7 @@ describe("logs and frontends", { skip: SLOW_TRANSPORT }, () => {
   });
 
   test("TLS on the TCP listener, with a required client certificate", async () => {
-    const certs = testCerts();
+    const certs = scratchCerts();
     const server = track(
       await startServer({
         args: ["--tcp-cert-file", certs.serverCert, "--tcp-cert-key", certs.serverKey, "--tcp-client-ca-file", certs.ca],
@@ -358,7 +389,7 @@ describe("logs and frontends", { skip: SLOW_TRANSPORT }, () => {
       "127.0.0.1:0",
       "--listen-quic",
       "127.0.0.1:0",
-      ...serverTlsArgs(testCerts()),
+      ...serverTlsArgs(scratchCerts()),
     ]);
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /exists and is not a socket/);
@@ -370,7 +401,7 @@ describe("certificate reload", { skip: SLOW_TRANSPORT }, () => {
   test("rotated server certificates apply to new handshakes without dropping open tunnels; a bad file is refused", async () => {
     const { copyFileSync, writeFileSync: write } = await import("node:fs");
     const { foreignCerts } = await import("./harness.ts");
-    const original = testCerts();
+    const original = scratchCerts();
     const rotated = foreignCerts();
     const dir = mkdtempSync(join(tmpdir(), "quic-tunnel-rotate-"));
     const live = { ...original, serverCert: join(dir, "tls.crt"), serverKey: join(dir, "tls.key"), ca: join(dir, "ca.crt") };
@@ -446,37 +477,48 @@ for (const engine of ENGINES) {
         const deadline = Date.now() + 8000;
         let now = descriptors(pid);
         while (now.length > baseline.length && Date.now() < deadline) {
-          await new Promise((resolve) => setTimeout(resolve, 100));
+          await pause(100);
           now = descriptors(pid);
         }
         return { count: now.length, extra: now.filter((name) => !baseline.includes(name)).map(describeSocket) };
       };
       const rssMb = (pid: number | undefined) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
-      // Warm up once so that lazily created state is part of the baseline.
+      // Warm up once so that lazily created state is part of the baseline, once the warm-up
+      // tunnel's own sockets have closed.
+      const cold = { server: descriptors(server.child.pid), agent: descriptors(agent.child.pid) };
       assert.match(await connectAndGet(server.tcpPort), /hello through the tunnel/);
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      const before = {
-        serverSockets: descriptors(server.child.pid),
-        agentSockets: descriptors(agent.child.pid),
-        serverRss: rssMb(server.child.pid),
-        agentRss: rssMb(agent.child.pid),
-      };
-      const replies = await Promise.all(
-        Array.from({ length: 1000 }, () => connectAndGet(server.tcpPort).catch((err: Error) => err.message)),
-      );
-      const failures = replies.filter((reply) => !reply.includes("hello through the tunnel"));
-      assert.equal(failures.length, 0, `failures: ${failures.slice(0, 3).join(" | ")}`);
       for (const [role, pid, baseline] of [
-        ["server", server.child.pid, before.serverSockets],
-        ["agent", agent.child.pid, before.agentSockets],
+        ["server", server.child.pid, cold.server],
+        ["agent", agent.child.pid, cold.agent],
       ] as const) {
         const after = await backToBaseline(pid, baseline);
-        assert.equal(after.count, baseline.length, `${role} sockets back to baseline; extra: ${after.extra.join(", ")}`);
+        assert.equal(after.count, baseline.length, `${role}: the warm-up tunnel's sockets closed; extra: ${after.extra.join(", ")}`);
       }
+      const baseline = { server: descriptors(server.child.pid), agent: descriptors(agent.child.pid) };
+      const rss = () => ({ server: rssMb(server.child.pid), agent: rssMb(agent.child.pid) });
+      const burst = async () => {
+        const replies = await Promise.all(
+          Array.from({ length: 1000 }, () => connectAndGet(server.tcpPort).catch((err: Error) => err.message)),
+        );
+        const failures = replies.filter((reply) => !reply.includes("hello through the tunnel"));
+        assert.equal(failures.length, 0, `failures: ${failures.slice(0, 3).join(" | ")}`);
+        for (const [role, pid] of [
+          ["server", server.child.pid],
+          ["agent", agent.child.pid],
+        ] as const) {
+          const after = await backToBaseline(pid, baseline[role]);
+          assert.equal(after.count, baseline[role].length, `${role} sockets back to baseline; extra: ${after.extra.join(", ")}`);
+        }
+      };
+      // Memory: a gross leak only (64 KiB per tunnel). RSS swings by tens of MB from burst to burst
+      // with garbage collection; `npm run soak` shows the trend over many bursts.
+      const start = rss();
+      await burst();
+      const end = rss();
+      const grown = { server: end.server - start.server, agent: end.agent - start.agent };
+      assert.ok(grown.server < 64 && grown.agent < 64, `RSS growth in the burst: ${JSON.stringify(grown)} MB`);
       const endedIdle = [server, agent].map((role) => role.log().split("tunnel idle for").length - 1);
       assert.equal(endedIdle[0] + endedIdle[1], 0, `tunnels ended by the idle timeout (server, agent): ${endedIdle}`);
-      const grown = { server: rssMb(server.child.pid) - before.serverRss, agent: rssMb(agent.child.pid) - before.agentRss };
-      assert.ok(grown.server < 48 && grown.agent < 48, `RSS growth after the burst: ${JSON.stringify(grown)} MB`);
     });
 
     test("1,000 tunnels held open at once on one agent each echo, then all close", async () => {

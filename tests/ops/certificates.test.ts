@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, type Stats, unwatchFile, utimesSync, watchFile, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { getLogger } from "@logtape/logtape";
 import { loadTls, validityProblem, watchCertificates } from "../../lib/ops/certificates.ts";
+import type { Logger } from "../../lib/ops/log.ts";
 import { Registry } from "../../lib/ops/metrics.ts";
 import { foreignCerts, scratchCerts } from "../harness.ts";
+import { until } from "../wait.ts";
 
 const files = (dir: string) => ({
   ca: { flag: "ca-file", path: join(dir, "ca.crt") },
@@ -52,13 +54,47 @@ test("validity: not yet valid is said as such, expired as expired, and the last 
   assert.equal(validityProblem(certificate, from + 1000), undefined);
 });
 
+/**
+ * Starts polling `path` once a second with fs.watchFile, and resolves, with a function that stops,
+ * once the poller surely has its baseline. A poller takes it at some turn after it starts (on Bun a
+ * change made before that is missed), so the file is touched, to 1970 + 1 s, + 2 s ..., until a poll
+ * reports the last touch: from then on every change is seen, and none is left over.
+ */
+async function startPoller(path: string): Promise<() => void> {
+  let reported: number | undefined;
+  const onPoll = (current: Stats) => {
+    reported = current.mtimeMs;
+  };
+  watchFile(path, { interval: 1000 }, onPoll);
+  let touched = 0;
+  await until(
+    () => {
+      if (reported === touched * 1000) return true;
+      if (reported === undefined) utimesSync(path, ++touched, touched);
+      return false;
+    },
+    `a poll of ${path} to report a change`,
+    { timeoutMs: 10_000, intervalMs: 100 },
+  );
+  return () => unwatchFile(path, onPoll);
+}
+
 test("watched certificates: expiry as a metric, a rotation applied, a broken one refused and the old kept", {
   timeout: 30_000,
 }, async () => {
   const dir = copyCerts();
   const registry = new Registry();
   const seen: string[] = [];
-  const log = getLogger(["quic-tunnel", "test"]);
+  // What the watcher logs about a reload, as it happens.
+  const logged: string[] = [];
+  const base = getLogger(["quic-tunnel", "test"]);
+  const log: Logger = Object.assign(Object.create(base), {
+    info: (message: string) => logged.push(`info: ${message}`),
+    error: (message: string) => logged.push(`error: ${message}`),
+  });
+  // fs.watchFile polls a path with one poller, whichever caller asked first (Node, Bun, Deno): the
+  // test starts them, at the watcher's own interval, so it sees the polls the watcher will see.
+  const pollers = await Promise.all(Object.values(files(dir)).map(({ path }) => startPoller(path)));
   const stop = watchCertificates(files(dir), { log, registry, onChange: () => seen.push("change") });
   const expiry = Date.parse(new X509Certificate(readFileSync(join(dir, "client.crt"))).validTo) / 1000;
   assert.ok(
@@ -66,12 +102,23 @@ test("watched certificates: expiry as a metric, a rotation applied, a broken one
       .render()
       .includes(`quic_tunnel_certificate_expiry_timestamp_seconds{file="${join(dir, "client.crt")}",flag="cert-file"} ${expiry}\n`),
   );
-  const settle = () => new Promise((resolve) => setTimeout(resolve, 2_000));
-  await settle(); // rotations come long after start-up; the first poll takes the baseline
-  writeFileSync(join(dir, "client.crt"), `\n${readFileSync(join(dir, "client.crt"), "utf8")}`);
-  await settle();
-  copyFileSync(foreignCerts().clientKey, join(dir, "client.key"));
-  await settle();
-  stop();
+  /** Resolves once the watcher has logged its verdict on the change just made. */
+  const reloaded = (count: number) =>
+    until(
+      () => logged.length >= count,
+      () => `the watcher to log reload ${count} (logged: ${JSON.stringify(logged)})`,
+      { timeoutMs: 10_000 },
+    );
+  try {
+    writeFileSync(join(dir, "client.crt"), `\n${readFileSync(join(dir, "client.crt"), "utf8")}`);
+    await reloaded(1);
+    assert.match(logged[0], /^info: certificate files changed/);
+    copyFileSync(foreignCerts().clientKey, join(dir, "client.key"));
+    await reloaded(2);
+    assert.match(logged[1], /^error: certificate reload failed, keeping the previous certificates/);
+  } finally {
+    stop();
+    for (const unwatch of pollers) unwatch();
+  }
   assert.deepEqual(seen, ["change"], "the mismatched key was not applied");
 });

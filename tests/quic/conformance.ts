@@ -12,6 +12,7 @@ import { after, before, describe, test } from "node:test";
 import type { QuicConnection, QuicEngine, QuicError, QuicServer, QuicStream, TlsMaterial, TransportOptions } from "../../lib/quic/mod.ts";
 import type { DevCertPaths } from "../../scripts/dev-certs.ts";
 import { foreignCerts, scratchCerts } from "../harness.ts";
+import { pause, until } from "../wait.ts";
 import { udpRelay } from "./relay.ts";
 
 const read = (path: string) => readFileSync(path);
@@ -54,15 +55,6 @@ export function sendAll(stream: QuicStream, data: Buffer, chunkSize = 256 * 1024
 const ignore = () => {};
 const digest = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
-
-/** Resolves once `condition` holds, checking every event-loop turn; rejects after `timeoutMs`. */
-async function until(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 /** Registers the conformance tests for `engine` (client and server both of that engine). */
 export function conformanceSuite(engine: QuicEngine, options: { skip?: string } = {}): void {
@@ -218,7 +210,7 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       const server = await listen();
       server.once("connection", async (connection) => (await connection.openStream()).on("error", ignore).end("early"));
       const client = await dial(server);
-      await until(() => client.streamCount > 0, "the early stream to arrive");
+      await until(() => client.streamCount > 0, "the early stream to arrive", { intervalMs: 5 });
       await nextTurn();
       const stream = await new Promise<QuicStream>((resolve) => client.once("stream", resolve));
       stream.on("error", ignore);
@@ -381,15 +373,9 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       const echoed = Promise.all(opened.map((stream) => collect(stream)));
       for (const stream of opened) stream.end("a");
       await echoed;
-      let reopened: QuicStream | undefined;
-      const deadline = Date.now() + 5000;
-      while (!reopened && Date.now() < deadline) {
-        // The peer grants more streams once it has collected finished ones.
-        reopened = await serverSide.openStream().catch(() => undefined);
-        if (!reopened) await new Promise((resolve) => setTimeout(resolve, 5));
-      }
-      assert.ok(reopened, "stream credit came back");
-      reopened?.destroy();
+      // The peer grants more streams once it has collected finished ones.
+      const reopened = await until(() => serverSide.openStream().catch(() => undefined), "stream credit to come back", { intervalMs: 5 });
+      reopened.destroy();
       client.close();
     });
 
@@ -424,7 +410,7 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
           return readerError !== undefined || Date.now() - lastChange > 300;
         },
         "the writer to stall or the stream to be reset",
-        20_000,
+        { timeoutMs: 20_000, intervalMs: 5 },
       );
       assert.ok(accepted < 48 << 20, `at most 48 MiB left the writer (${accepted} bytes)`);
       writing = false;
@@ -454,7 +440,10 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
 
     test("keep-alive holds an idle connection open past the idle timeout", async () => {
       const { client } = await pair({ server: { idleTimeoutMs: 1000 }, client: { idleTimeoutMs: 1000, keepAliveMs: 200 } });
-      await new Promise((resolve) => setTimeout(resolve, 2500));
+      const closed = new Promise<string>((resolve) => client.once("close", (error) => resolve(`closed: ${error?.message}`)));
+      // A stretch of time is the point: twice the idle timeout with nothing to send, in which the
+      // connection must not close (and the test fails the moment it does).
+      assert.equal(await Promise.race([closed, pause(2000).then(() => "open")]), "open");
       assert.equal(client.closed, false);
       client.close();
     });

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
 import { pipeBoth } from "../../lib/tunnel/pipe.ts";
+import { pause } from "../wait.ts";
 
 /** A connected pair of real TCP sockets on loopback, both with half-close allowed. */
 async function socketPair(): Promise<[net.Socket, net.Socket, () => void]> {
@@ -143,14 +144,17 @@ test("large chunks through real sockets both ways arrive intact (sha256)", async
 test("a half-closed tunnel that carries nothing is ended after --half-close-timeout; an open idle one is not", async () => {
   const [clientA, a, closeA] = await socketPair();
   const [b, serverB, closeB] = await socketPair();
-  const piping = pipeBoth(a, b, { halfCloseTimeoutMs: 200 });
+  const piping = pipeBoth(a, b, { halfCloseTimeoutMs: 100 });
   clientA.resume();
   serverB.resume();
-  await new Promise((resolve) => setTimeout(resolve, 400));
+  // A stretch of time is the point: twice the timeout, both directions open and nothing carried,
+  // in which the pipe must not end (and the test fails the moment it does).
+  const early = await Promise.race([piping.then((result) => `ended: ${result.error?.message}`), pause(200).then(() => "open")]);
+  assert.equal(early, "open", "both directions open: no timeout");
   assert.equal(a.destroyed, false, "both directions open: no timeout");
   clientA.end("request, then nothing more from either side");
   const result = await piping;
-  assert.match(String(result.error?.message), /half-closed and idle for 200 ms/);
+  assert.match(String(result.error?.message), /half-closed and idle for 100 ms/);
   clientA.destroy();
   closeA();
   closeB();
