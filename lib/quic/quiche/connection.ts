@@ -23,10 +23,11 @@ export interface PathInfo {
 /**
  * Copies of a FIN that go out in separate packets before quiche may forget the stream. quiche 0.18
  * counts a stream's send side complete once its data is acked, even if the packet carrying a
- * separate FIN was lost; once the peer's FIN has been read too it forgets the stream and never
- * retransmits that FIN (cloudflare/quiche#2525), and the peer waits forever. A stream is at risk
- * from the moment both FINs exist, so by then this many copies have left: all of them lost has a
- * probability of loss^3 instead of loss.
+ * separate FIN was lost or never left; once the peer's FIN has been read too it forgets the stream
+ * and never sends that FIN again (cloudflare/quiche#2525), and the peer waits forever. A stream is
+ * at risk from the moment both FINs exist, so the peer's FIN is read only once this many copies
+ * have left in packets (a copy the congestion window holds back does not count): all of them lost
+ * has a probability of loss^3 instead of loss.
  */
 const FIN_COPIES_BEFORE_COLLECTION = 3;
 /** Further copies while quiche still holds the stream, at doubling intervals from a few RTTs. */
@@ -79,7 +80,8 @@ export interface QuicheConnectionOptions {
 }
 
 interface FinGuard {
-  copies: number;
+  /** Copies of the FIN queued in quiche and followed by at least one packet leaving. */
+  sent: number;
   dueAt: number;
   intervalMs: number;
 }
@@ -110,6 +112,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   #confirmedByServer: boolean;
   #rttMs = 0;
   #rttReadAt = 0;
+  #packetsProduced = 0;
 
   constructor(native: Connection, options: QuicheConnectionOptions) {
     super(options.peer);
@@ -125,7 +128,9 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
       } catch {
         return null;
       }
-      return result === null ? null : { length: result[0], host: result[1].to.host, port: result[1].to.port };
+      if (result === null) return null;
+      this.#packetsProduced++;
+      return { length: result[0], host: result[1].to.host, port: result[1].to.port };
     };
     this.#options = options.transport;
     this.#nextLocalStream = options.isServer ? 1 : 0;
@@ -226,16 +231,16 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     } catch {
       // quiche already forgot the stream: nothing is left to hurry
     }
-    this.#finGuards.set(stream, { copies: 0, dueAt: 0, intervalMs: 0 });
+    this.#finGuards.set(stream, { sent: 0, dueAt: 0, intervalMs: 0 });
     this.#sendFinCopy(stream);
     // The peer's FIN was read already: quiche may forget the stream as soon as our data is acked.
     if (stream.readDone) this.#sendFinCopies(stream);
     this.#scheduleFinRepeat();
   }
 
-  beforeReadAfterFin(stream: QuicheStream): void {
-    // Reading the peer's FIN lets quiche forget the stream: make sure our FIN is out in copies first.
-    this.#sendFinCopies(stream);
+  mayReadAfterFin(stream: QuicheStream): boolean {
+    // Reading the peer's FIN lets quiche forget the stream: our FIN must be out in copies first.
+    return this.#sendFinCopies(stream);
   }
 
   forget(stream: QuicheStream): void {
@@ -286,14 +291,23 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
       this.#finGuards.delete(stream);
       return;
     }
-    guard.copies++;
+    const produced = this.#packetsProduced;
     this.#sendPackets(this.#produce);
+    if (this.#packetsProduced > produced) guard.sent++;
   }
 
-  #sendFinCopies(stream: QuicheStream): void {
-    for (let guard = this.#finGuards.get(stream); guard !== undefined && guard.copies < FIN_COPIES_BEFORE_COLLECTION; ) {
+  /**
+   * Sends copies of the stream's FIN until {@link FIN_COPIES_BEFORE_COLLECTION} have left, or the
+   * congestion window holds the next one back. True once that many have left, or quiche has
+   * forgotten the stream already.
+   */
+  #sendFinCopies(stream: QuicheStream): boolean {
+    for (;;) {
+      const guard = this.#finGuards.get(stream);
+      if (guard === undefined || guard.sent >= FIN_COPIES_BEFORE_COLLECTION) return true;
+      const sent = guard.sent;
       this.#sendFinCopy(stream);
-      guard = this.#finGuards.get(stream);
+      if (this.#finGuards.get(stream) === guard && guard.sent === sent) return false;
     }
   }
 
@@ -318,7 +332,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     const now = performance.now();
     for (const [stream, guard] of this.#finGuards) {
       if (guard.dueAt > now) continue;
-      if (guard.copies >= FIN_COPIES_BEFORE_COLLECTION + FIN_REPEATS) {
+      if (guard.sent >= FIN_COPIES_BEFORE_COLLECTION + FIN_REPEATS) {
         this.#finGuards.delete(stream);
         continue;
       }

@@ -23,8 +23,11 @@ export interface StreamHost {
   markDirty(): void;
   /** The stream's FIN is queued in quiche: get it out and guard it against loss. */
   finWritten(stream: QuicheStream): void;
-  /** The stream is about to read from quiche after its FIN was written. */
-  beforeReadAfterFin(stream: QuicheStream): void;
+  /**
+   * The stream is about to read from quiche after its FIN was written. False: not yet, leave the
+   * data in quiche (it stays readable, so the next flush comes back).
+   */
+  mayReadAfterFin(stream: QuicheStream): boolean;
   /** The stream was destroyed. */
   forget(stream: QuicheStream): void;
 }
@@ -72,7 +75,7 @@ export class QuicheStream extends Duplex implements QuicStreamType {
   /** Reads what quiche holds for this stream into the readable side until it pauses or ends. */
   deliver(): void {
     if (this.#readPaused || this.#readDone) return;
-    if (this.#writeDone) this.#host.beforeReadAfterFin(this);
+    if (this.#writeDone && !this.#host.mayReadAfterFin(this)) return;
     const native = this.#host.native;
     for (;;) {
       let result: [number, boolean] | null;
