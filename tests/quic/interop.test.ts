@@ -5,23 +5,28 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, describe, test } from "node:test";
-import { hasNodeQuic, type QuicConnection, type QuicEngine, type QuicError, type QuicServer, type QuicStream } from "../../lib/quic/mod.ts";
-import { nodeQuicEngine } from "../../lib/quic/node-quic/mod.ts";
-import { quicheEngine } from "../../lib/quic/quiche/mod.ts";
+import {
+  hasNodeQuic,
+  loadEngine,
+  type QuicConnection,
+  type QuicEngine,
+  type QuicError,
+  type QuicServer,
+  type QuicStream,
+} from "../../lib/quic/mod.ts";
 import { scratchCerts } from "../harness.ts";
 import { clientTls, collect, sendAll, serverTls } from "./conformance.ts";
 
-const skip = (await hasNodeQuic()) ? undefined : "this runtime has no node:quic";
+// The node-quic engine's module is loaded only where node:quic exists: elsewhere it does not load.
+const engines = (await hasNodeQuic()) ? [await loadEngine("quiche"), await loadEngine("node-quic")] : [];
+if (engines.length === 0) test("the engines with each other", { skip: "this runtime has no node:quic" }, () => {});
 const servers: QuicServer[] = [];
 after(async () => {
   await Promise.all(servers.map((server) => server.close()));
 });
 
-for (const [clientEngine, serverEngine] of [
-  [quicheEngine, nodeQuicEngine],
-  [nodeQuicEngine, quicheEngine],
-] as Array<[QuicEngine, QuicEngine]>) {
-  describe(`a ${clientEngine.name} client with a ${serverEngine.name} server`, { skip }, () => {
+for (const [clientEngine, serverEngine] of engines.map((engine, i): [QuicEngine, QuicEngine] => [engine, engines[1 - i]])) {
+  describe(`a ${clientEngine.name} client with a ${serverEngine.name} server`, () => {
     async function pair() {
       const server = await serverEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(scratchCerts()) });
       servers.push(server);

@@ -4,13 +4,18 @@ import { test } from "node:test";
 import { pipeBoth } from "../../lib/tunnel/pipe.ts";
 import { pause } from "../wait.ts";
 
-/** A connected pair of real TCP sockets on loopback, both with half-close allowed. */
+/**
+ * A connected pair of real TCP sockets on loopback, both with half-close allowed. A reset is what
+ * some tests expect: tests that care listen for errors, the rest ignore them (Node throws otherwise).
+ */
 async function socketPair(): Promise<[net.Socket, net.Socket, () => void]> {
   const server = net.createServer({ allowHalfOpen: true });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
   const client = net.connect({ port: (server.address() as net.AddressInfo).port, host: "127.0.0.1", allowHalfOpen: true });
-  return [client, await accepted, () => server.close()];
+  const pair: [net.Socket, net.Socket] = [client, await accepted];
+  for (const socket of pair) socket.on("error", () => {});
+  return [...pair, () => server.close()];
 }
 
 function readAll(socket: net.Socket): Promise<string> {
