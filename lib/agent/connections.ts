@@ -76,8 +76,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   const extras = new Set<QuicConnection>();
   let dialing = 0;
   let wake: (() => void) | undefined;
+  // A stop that came while dialing (or diagnosing) must not wait out the backoff that follows.
   const sleep = (ms: number) =>
     new Promise<void>((resolve) => {
+      if (stopped) return resolve();
       const timer = setTimeout(resolve, ms);
       wake = () => {
         clearTimeout(timer);

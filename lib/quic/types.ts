@@ -104,7 +104,10 @@ export interface ServerEvents {
 export interface QuicServer extends EventEmitter<ServerEvents> {
   /** The bound UDP address. */
   address(): { host: string; port: number };
-  /** Uses new certificates for handshakes from now on; open connections keep theirs. */
+  /**
+   * Uses new certificates for handshakes from now on; open connections keep theirs. Throws a
+   * QuicError saying why when the engine cannot, and keeps the old ones.
+   */
   setTls(tls: TlsMaterial): void;
   /** Handshake and refusal counters. */
   stats(): ServerStats;

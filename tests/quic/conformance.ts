@@ -115,6 +115,22 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       assert.equal(connected, 0);
     });
 
+    test("new server certificates: new handshakes use them (clients still verified and accepted), or they are refused with a reason and the old kept", async () => {
+      const server = await listen();
+      const other = foreignCerts();
+      let rotated = true;
+      try {
+        server.setTls({ ...serverTls(other), ca: read(certs.ca) });
+      } catch (err) {
+        rotated = false;
+        assert.match((err as Error).message, /restart/);
+      }
+      const client = await dial(server, { tls: { ...clientTls(certs), ca: read(rotated ? other.ca : certs.ca) } });
+      assert.equal(client.peerCertificate?.issuer, rotated ? "CN=some-other-ca" : "CN=quic-tunnel-dev-ca");
+      assert.equal(client.peerSubject, "CN=quic-tunnel-server");
+      client.close();
+    });
+
     test("a server certificate from another CA, or for another name, is refused by the client", async () => {
       const server = await listen();
       await assert.rejects(dial(server, { tls: { ...clientTls(certs), ca: read(foreign.ca) } }), /TLS alert|certificate|handshake/);

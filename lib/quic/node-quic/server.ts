@@ -4,7 +4,6 @@
  *
  * @module
  */
-import { createPrivateKey } from "node:crypto";
 import { EventEmitter } from "node:events";
 // @ts-ignore: Deno ships no node:quic (nor its types); only Bun loads this engine.
 import type { QuicEndpoint, QuicSession } from "node:quic";
@@ -42,8 +41,11 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
     return { host: address?.address ?? "", port: address?.port ?? 0 };
   }
 
-  setTls(tls: TlsMaterial): void {
-    this.#endpoint?.setSNIContexts({ "*": { keys: [createPrivateKey(Buffer.from(tls.key))], certs: [tls.cert] } }, { replace: true });
+  setTls(_tls: TlsMaterial): void {
+    // Bun 1.4.5's setSNIContexts drops client verification: every agent after it was refused (116).
+    throw new QuicError(
+      "--quic-engine node-quic cannot change the certificates of a running server (Bun 1.4.5 would stop asking agents for theirs); restart it to use the new files",
+    );
   }
 
   stats(): ServerStats {
