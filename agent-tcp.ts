@@ -81,11 +81,11 @@ async function serveUpstream(stream: QuicStream): Promise<void> {
 // Admin endpoint: ready while connected.
 const admin = flags["admin-addr"];
 if (admin) {
-  const { port } = await startAdmin(admin, {
+  await startAdmin(admin, {
     registry,
+    log,
     notReady: () => (draining ? "shutting down" : agent.connections.length > 0 ? undefined : "not connected to the server"),
   }).catch((err) => exitWithError("quic-agent-tcp", err));
-  log.info("admin endpoint on {address}", { address: formatHostPort({ host: admin.host, port }) });
 }
 
 // Shutdown: tell the server, let open tunnels finish, then close.

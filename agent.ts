@@ -117,6 +117,8 @@ async function serveConnect(stream: QuicStream, server: ServerInfo): Promise<voi
       throw new HttpError(502, `cannot resolve ${target.host}: ${err.code ?? err.message}`);
     });
     if (!verdict.allowed) return tunnel.refuse("denied", 403, verdict.reason);
+    // A stream can overtake the server's answer to the hello, which names its listeners.
+    await server.announced;
     if (leadsToServer(verdict.address, target.port, server)) {
       return tunnel.refuse("loop", 508, `${formatHostPort(target)} is the tunnel server's own client listener`);
     }
@@ -135,11 +137,11 @@ async function serveConnect(stream: QuicStream, server: ServerInfo): Promise<voi
 // Admin endpoint: ready while connected.
 const admin = flags["admin-addr"];
 if (admin) {
-  const { port } = await startAdmin(admin, {
+  await startAdmin(admin, {
     registry,
+    log,
     notReady: () => (draining ? "shutting down" : agent.connections.length > 0 ? undefined : "not connected to the server"),
   }).catch((err) => exitWithError("quic-agent", err));
-  log.info("admin endpoint on {address}", { address: formatHostPort({ host: admin.host, port }) });
 }
 
 // Shutdown: tell the server, let open tunnels finish, then close.

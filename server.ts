@@ -117,19 +117,10 @@ try {
   exitWithError("quic-server", err);
 }
 
-// Transport: agents connect over QUIC; those the CA signed (and --agent-subject names) take tunnels.
+// Agents: those the CA signed (and --agent-subject names) take tunnels once they said what kind
+// they are; each learns the client listeners so that it can refuse loops back into them.
 const listeners: HostPort[] = [];
 const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners: () => listeners });
-const quic = await engine
-  .listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] })
-  .catch((err) => exitWithError("quic-server", err));
-quic.on("connection", (agent) => agents.admit(agent));
-quic.on("rejected", (peer, error) => agents.rejected(peer, error?.message ?? "handshake failed"));
-quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }));
-registerQuicMetrics(registry, () => agents.connections);
-registerQuicServerMetrics(registry, quic);
-reportRefusedInitials(quic, log);
-watchCertificates(tlsFiles, { log, registry, onChange: (pems) => quic.setTls(tlsMaterial(pems)) });
 
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
@@ -168,6 +159,7 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
 const onClient = (socket: Duplex) =>
   void serveClient(socket).catch((err) => log.error("client connection failed unexpectedly: {error}", { error: err }));
 
+// Client listeners first, then QUIC: an agent's hello is answered with the listeners it must not dial.
 const frontends: Frontend[] = [];
 try {
   frontends.push(await listenTcp(flags["listen-tcp"], frontendFiles, onClient));
@@ -175,19 +167,34 @@ try {
 } catch (err) {
   exitWithError("quic-server", err);
 }
+for (const frontend of frontends) {
+  // Accept errors (a full descriptor table) after listening: the listener stays, the client is gone.
+  frontend.server.on("error", (err) => log.error("client listener {address}: {error}", { address: frontend.bound, error: err }));
+}
 listeners.push(...frontends.flatMap((frontend) => (frontend.address ? [frontend.address] : [])));
 if (frontendFiles) {
   // The TLS frontend's certificates rotate like the QUIC ones: new client handshakes use them.
   watchCertificates(frontendFiles, { log, registry, onChange: (pems) => frontends[0].setTls?.(pems) });
 }
 
+// Transport: agents connect over QUIC with mutual TLS.
+const quic = await engine
+  .listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] })
+  .catch((err) => exitWithError("quic-server", err));
+quic.on("connection", (agent) => agents.admit(agent));
+quic.on("rejected", (peer, error) => agents.rejected(peer, error?.message ?? "handshake failed"));
+quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }));
+registerQuicMetrics(registry, () => agents.connections);
+registerQuicServerMetrics(registry, quic);
+reportRefusedInitials(quic, log);
+watchCertificates(tlsFiles, { log, registry, onChange: (pems) => quic.setTls(tlsMaterial(pems)) });
+
 // Admin endpoint: ready once an agent is connected.
 const admin = flags["admin-addr"];
 if (admin) {
-  const { port } = await startAdmin(admin, { registry, notReady: () => (agents.size === 0 ? "no agent connected" : undefined) }).catch(
-    (err) => exitWithError("quic-server", err),
+  await startAdmin(admin, { registry, log, notReady: () => (agents.size === 0 ? "no agent connected" : undefined) }).catch((err) =>
+    exitWithError("quic-server", err),
   );
-  log.info("admin endpoint on {address}", { address: formatHostPort({ host: admin.host, port }) });
 }
 log.info("server started, tcp={tcp} quic={quic}", {
   tcp: frontends[0].bound,

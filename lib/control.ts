@@ -73,7 +73,10 @@ export async function serveControlStream(stream: Duplex, listeners: () => readon
  * Tells the server on `connection` what kind of agent this is, and resolves with the server's
  * client listeners, or undefined when it does not answer (the reference's server never does).
  */
-export async function announceAgent(connection: QuicConnection, kind: AgentKind, timeoutMs = 2_000): Promise<HostPort[] | undefined> {
+export async function announceAgent(
+  connection: QuicConnection,
+  options: { kind: AgentKind; timeoutMs: number },
+): Promise<HostPort[] | undefined> {
   let stream: Duplex;
   try {
     stream = await connection.openStream();
@@ -81,8 +84,8 @@ export async function announceAgent(connection: QuicConnection, kind: AgentKind,
     return undefined;
   }
   stream.on("error", () => {});
-  stream.write(`AGENT ${kind}\n`);
-  const line = await readLine(stream, timeoutMs);
+  stream.write(`AGENT ${options.kind}\n`);
+  const line = await readLine(stream, options.timeoutMs);
   stream.destroy();
   const listed = /^LISTENERS ?(.*)$/.exec(line ?? "");
   if (!listed) return undefined;

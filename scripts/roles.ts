@@ -85,10 +85,18 @@ export function spawnProcess(command: string, args: string[]): RoleProcess {
     for (const waiter of waiters) waiter();
   });
   child.stdout?.resume();
+  // "exit" can come before the last stderr chunks (Deno delivers it first): a wait fails only once
+  // stderr is read to its end.
+  let stderrEnded = false;
+  let hasExited = false;
+  child.once("close", () => {
+    stderrEnded = true;
+    for (const waiter of waiters) waiter();
+  });
   const exited = new Promise<number | string>((resolve) => {
     child.once("exit", (code, signal) => {
+      hasExited = true;
       resolve(code ?? signal ?? -1);
-      for (const waiter of waiters) waiter();
     });
   });
   return {
@@ -102,7 +110,7 @@ export function spawnProcess(command: string, args: string[]): RoleProcess {
           if (match) {
             done();
             resolve(match);
-          } else if (child.exitCode !== null || child.signalCode !== null) {
+          } else if (stderrEnded) {
             done();
             reject(new Error(`${script} exited (${child.exitCode ?? child.signalCode}) before ${pattern}:\n${stderr}`));
           }
@@ -120,7 +128,8 @@ export function spawnProcess(command: string, args: string[]): RoleProcess {
       });
     },
     stop(signal = "SIGTERM") {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      // Not child.kill: once a child was signalled, Deno's sets signalCode and sends nothing more.
+      if (!hasExited && child.pid) process.kill(child.pid, signal);
       return exited;
     },
   };

@@ -35,12 +35,8 @@ export interface AgentOptions {
   transport: Partial<TransportOptions>;
   backoff: BackoffOptions;
   log: Logger;
-  /** A connection that lasted this long resets the backoff (default 10 s). */
-  stableAfterMs?: number;
   /** Connections at most, the first included (default 1: no extra connections). */
   maxConnections?: number;
-  /** An extra connection idle this long is closed (default 30 s). */
-  extraIdleMs?: number;
 }
 
 /** A running agent loop. */
@@ -60,6 +56,10 @@ export interface AgentHandle {
  * stream credit in batches and keeps a few back, so the margin is wide.
  */
 const SCALE_AT = 0.5;
+/** A connection that lasted this long resets the reconnect backoff. */
+const STABLE_AFTER_MS = 10_000;
+/** An extra connection idle this long is closed. */
+const EXTRA_IDLE_MS = 30_000;
 
 /**
  * Keeps a QUIC connection to the server up for as long as the process runs (and more while the
@@ -75,27 +75,39 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   let primary: QuicConnection | undefined;
   const extras = new Set<QuicConnection>();
   let dialing = 0;
-  let wake: (() => void) | undefined;
-  // A stop that came while dialing (or diagnosing) must not wait out the backoff that follows.
+  let stopNow: () => void = () => {};
+  // A stop must not wait for a dial in flight (up to --handshake-timeout) or the backoff after it.
+  const stopping = new Promise<undefined>((resolve) => {
+    stopNow = () => resolve(undefined);
+  });
   const sleep = (ms: number) =>
     new Promise<void>((resolve) => {
-      if (stopped) return resolve();
       const timer = setTimeout(resolve, ms);
-      wake = () => {
+      void stopping.then(() => {
         clearTimeout(timer);
         resolve();
-      };
+      });
     });
   const all = () => (primary ? [primary, ...extras] : [...extras]);
 
-  const dial = () =>
-    options.engine.connect({
+  /** Dials the server; resolves `undefined` at once if the agent stops first (a late connection is closed). */
+  const dial = async (): Promise<QuicConnection | undefined> => {
+    const attempt = options.engine.connect({
       host: options.server.host,
       port: options.server.port,
       serverName: options.serverName,
       tls: options.tls(),
       transport: options.transport,
     });
+    const connection = await Promise.race([attempt, stopping]);
+    if (connection && !stopped) return connection;
+    connection?.close(0, "agent stopping");
+    attempt.then(
+      (late) => late.close(0, "agent stopping"),
+      () => {},
+    );
+    return undefined;
+  };
 
   /**
    * Serves the streams of `connection` and tells the server what kind of agent this is; resolves
@@ -103,12 +115,19 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * the open ones fill up.
    */
   async function serve(connection: QuicConnection): Promise<void> {
-    const server: ServerInfo = { listeners: undefined, host: parseHostPort(connection.peer)?.host ?? connection.peer };
+    const announcing = announceAgent(connection, { kind: options.kind, timeoutMs: 1_000 });
+    const server: ServerInfo = {
+      listeners: undefined,
+      host: parseHostPort(connection.peer)?.host ?? connection.peer,
+      announced: announcing.then((listeners) => {
+        server.listeners = listeners;
+      }),
+    };
     connection.on("stream", (stream) => {
       onStream(stream, server);
       scale(connection.incomingStreamLimit);
     });
-    server.listeners = await announceAgent(connection, options.kind, 1_000);
+    await server.announced;
   }
 
   /** Dials as many connections as keep the open ones (and those being dialed) below {@link SCALE_AT} full. */
@@ -123,15 +142,12 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     dialing++;
     try {
       const connection = await dial();
-      if (stopped) {
-        connection.close(0, "agent stopping");
-        return;
-      }
+      if (!connection) return;
       extras.add(connection);
       let idleSince = Date.now();
       const idleCheck = setInterval(() => {
         if (connection.streamCount > 0) idleSince = Date.now();
-        else if (Date.now() - idleSince >= (options.extraIdleMs ?? 30_000)) connection.close(0, "idle extra connection");
+        else if (Date.now() - idleSince >= EXTRA_IDLE_MS) connection.close(0, "idle extra connection");
       }, 1000);
       idleCheck.unref?.();
       connection.once("close", () => {
@@ -174,7 +190,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   async function loop(): Promise<void> {
     while (!stopped) {
       log.debug("dialing server {server}", { server });
-      let connection: QuicConnection;
+      let connection: QuicConnection | undefined;
       try {
         connection = await dial();
       } catch (err) {
@@ -184,10 +200,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
         await sleep(delay);
         continue;
       }
-      if (stopped) {
-        connection.close(0, "agent stopping");
-        break;
-      }
+      if (!connection) break;
       primary = connection;
       const closed = new Promise<QuicError | undefined>((resolve) => connection.once("close", resolve));
       const since = Date.now();
@@ -196,7 +209,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       const error = await closed;
       primary = undefined;
       if (stopped) break;
-      if (Date.now() - since >= (options.stableAfterMs ?? 10_000)) backoff.reset();
+      if (Date.now() - since >= STABLE_AFTER_MS) backoff.reset();
       const delay = backoff.next();
       log.warn("connection to server {server} lost: {reason}; reconnecting in {delay} ms", {
         server,
@@ -222,7 +235,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     stop() {
       stopped = true;
       for (const connection of all()) connection.close(0, "agent stopping");
-      wake?.();
+      stopNow();
     },
     done: loop(),
   };

@@ -33,10 +33,12 @@ export interface ServerInfo {
   listeners: readonly HostPort[] | undefined;
   /** The server's IP as this agent reaches it over QUIC. */
   host: string;
+  /** Settles once the server has answered the agent's hello, or did not in time: `listeners` is final. */
+  announced: Promise<void>;
 }
 
 /** True when dialing `address`:`port` would reach one of the server's own client listeners. */
-export function leadsToServer(address: DialAddress, port: number, server: ServerInfo): boolean {
+export function leadsToServer(address: DialAddress, port: number, server: Pick<ServerInfo, "listeners" | "host">): boolean {
   if (!server.listeners) return false;
   const local = localAddresses();
   const serverAddress = dialAddress(server.host);

@@ -6,18 +6,24 @@
  */
 import http from "node:http";
 import type net from "node:net";
-import type { HostPort } from "../hostport.ts";
+import { formatHostPort, type HostPort } from "../hostport.ts";
+import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
 import { registerProcessMetrics } from "./process-metrics.ts";
 
 /** Options for {@link startAdmin}. */
 export interface AdminOptions {
   registry: Registry;
+  log: Logger;
   /** Returns `undefined` when ready, or the reason it is not. */
   notReady(): string | undefined;
 }
 
-/** Serves the admin endpoint on `address`; resolves with the bound address once listening. */
+/**
+ * Serves the admin endpoint on `address` and logs where; resolves with the bound port once
+ * listening. Rejects with an Error naming the flag when it cannot listen; later errors (a full
+ * descriptor table) are logged, and the endpoint stays.
+ */
 export function startAdmin(address: HostPort, options: AdminOptions): Promise<{ server: http.Server; port: number }> {
   registerProcessMetrics(options.registry);
   const server = http.createServer((req, res) => {
@@ -37,6 +43,12 @@ export function startAdmin(address: HostPort, options: AdminOptions): Promise<{ 
   });
   return new Promise((resolve, reject) => {
     server.once("error", (err) => reject(new Error(`cannot listen for --admin-addr on ${address.host}:${address.port}: ${err.message}`)));
-    server.listen(address.port, address.host, () => resolve({ server, port: (server.address() as net.AddressInfo).port }));
+    server.listen(address.port, address.host, () => {
+      server.removeAllListeners("error");
+      server.on("error", (err) => options.log.error("admin endpoint: {error}", { error: err }));
+      const port = (server.address() as net.AddressInfo).port;
+      options.log.info("admin endpoint on {address}", { address: formatHostPort({ host: address.host, port }) });
+      resolve({ server, port });
+    });
   });
 }

@@ -104,7 +104,7 @@ export function validityProblem(certificate: X509Certificate, now = Date.now()):
  * when any changed, calls `onChange` with what `load` makes of them, or `onError` when that throws
  * (the caller keeps what it has). Returns a function that stops watching.
  */
-export function watchFiles<T>(
+function watchFiles<T>(
   paths: string[],
   handlers: { load: () => T; onChange: (loaded: T) => void; onError: (err: Error) => void; intervalMs?: number },
 ): () => void {

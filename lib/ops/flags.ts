@@ -43,7 +43,7 @@ export type FlagValues<T extends Record<string, FlagSpec>> = { [K in keyof T]: V
  * klog's flags, which the reference's binaries take and its manifests pass (`-v` is among our own
  * flags). They are accepted in every Go spelling and have no effect here.
  */
-export const KLOG_FLAGS: Readonly<Record<string, "bool" | "value">> = {
+const KLOG_FLAGS: Readonly<Record<string, "bool" | "value">> = {
   add_dir_header: "bool",
   alsologtostderr: "bool",
   log_backtrace_at: "value",

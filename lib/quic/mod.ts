@@ -8,7 +8,7 @@
 import { QuicError } from "./errors.ts";
 import type { EngineName, QuicEngine } from "./types.ts";
 
-export { describeClose, QuicError } from "./errors.ts";
+export { QuicError } from "./errors.ts";
 export type * from "./types.ts";
 
 /** What `--quic-engine` accepts. */
@@ -28,7 +28,7 @@ export async function hasNodeQuic(): Promise<boolean> {
 }
 
 /** True when the quiche addon loads here (linux-x64, outside the arm64 builds). */
-export async function hasQuiche(): Promise<boolean> {
+async function hasQuiche(): Promise<boolean> {
   try {
     await import("./quiche/mod.ts");
     return true;
@@ -42,7 +42,7 @@ export async function hasQuiche(): Promise<boolean> {
  * Bun 1.4.5 (see README): its node:quic buffers everything a peer sends to a stream that is not
  * read, without limit, so only quiche holds a fast sender back for a slow reader.
  */
-export async function autoEngine(): Promise<EngineName> {
+async function autoEngine(): Promise<EngineName> {
   if (await hasQuiche()) return "quiche";
   return (await hasNodeQuic()) ? "node-quic" : "quiche";
 }

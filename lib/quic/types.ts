@@ -126,11 +126,14 @@ export interface ConnectOptions {
   transport?: Partial<TransportOptions>;
 }
 
-/** Limits on handshakes a server keeps state for; beyond them Initials are dropped and counted. */
+/**
+ * Limits on handshakes a server keeps state for; beyond them Initials are dropped and counted.
+ * The quiche engine applies them (defaults 1024 and 64); node-quic leaves this to lsquic.
+ */
 export interface HandshakeLimits {
-  /** Handshakes under way at once (default 1000). */
+  /** Handshakes under way at once. */
   maxHandshakes: number;
-  /** Handshakes under way at once from one source address (default 32). */
+  /** Handshakes under way at once from one source address. */
   maxHandshakesPerAddress: number;
 }
 
@@ -142,7 +145,7 @@ export interface ListenOptions {
   transport?: Partial<TransportOptions>;
   /** Validate client addresses with a stateless Retry before keeping any state (default true). */
   retry?: boolean;
-  /** Handshake limits (defaults in {@link HandshakeLimits}). */
+  /** Handshake limits (see {@link HandshakeLimits}). */
   limits?: Partial<HandshakeLimits>;
 }
 

@@ -16,9 +16,10 @@ import { AgentPool } from "./agent-pool.ts";
 
 /**
  * How long a new agent connection gets to say what kind of agent it is before it takes tunnels as
- * a CONNECT agent (the reference's agents never say).
+ * a CONNECT agent (the reference's agents never say). As long as our agents wait for the answer:
+ * a hello delayed by a long or lossy path must not make an agent-tcp a CONNECT agent.
  */
-const HELLO_WAIT_MS = 300;
+const HELLO_WAIT_MS = 1_000;
 
 /** Options of {@link Agents}. */
 export interface AgentsOptions {
@@ -33,7 +34,7 @@ export interface AgentsOptions {
 }
 
 /** True when `subjects` is empty, or the certificate's CN or a SAN is one of them. */
-export function identityAllowed(certificate: X509Certificate | undefined, subjects: readonly string[]): boolean {
+function identityAllowed(certificate: X509Certificate | undefined, subjects: readonly string[]): boolean {
   if (subjects.length === 0) return true;
   if (!certificate) return false;
   const names = [
@@ -105,8 +106,9 @@ export class Agents {
       return;
     }
     let joined = false;
+    let leaving = false;
     const join = () => {
-      if (joined || agent.closed) return;
+      if (joined || leaving || agent.closed) return;
       joined = true;
       this.#pool.add(agent);
       log.info("agent {peer} connected", {
@@ -124,7 +126,10 @@ export class Agents {
         this.#kinds.set(agent, message.kind);
         clearTimeout(timer);
         join();
-      } else if (message?.type === "goaway" && joined) {
+      } else if (message?.type === "goaway") {
+        // Before it joined too: an agent stopping right after it connected never takes tunnels.
+        leaving = true;
+        clearTimeout(timer);
         this.#pool.remove(agent);
         log.info("agent {peer} is draining; no new tunnels go to it", { peer: agent.peer, agents: this.#pool.size });
       }

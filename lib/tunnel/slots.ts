@@ -79,11 +79,6 @@ export class Tunnels {
     return this.#count;
   }
 
-  /** The limit (0: none). */
-  get max(): number {
-    return this.#max;
-  }
-
   /**
    * Starts the tunnel of a connection or stream just accepted, taking its slot. When the limit is
    * reached the peer is refused at once (503, or a reset where `http` is false) and undefined is
@@ -152,11 +147,6 @@ export class Tunnel {
     this.#fields = { tunnel: options.id, ...options.fields };
     // Errors of the peer are reported where they matter: reading the head, dialing, piping.
     peer.on("error", () => {});
-  }
-
-  /** True once the tunnel has been refused or carried to its end. */
-  get ended(): boolean {
-    return this.#ended;
   }
 
   /** Adds context for this tunnel's log lines (target, agent, stream ...). */

@@ -129,7 +129,6 @@ export async function listen(options: ListenOptions): Promise<NodeQuicServer> {
         udpReceiveBufferSize: SOCKET_BUFFER_BYTES,
         udpSendBufferSize: SOCKET_BUFFER_BYTES,
         validateAddress: options.retry ?? true,
-        maxConnectionsTotal: options.limits?.maxHandshakes ?? 0,
       },
     });
   } catch (err) {

@@ -7,7 +7,7 @@
 import type { HandshakeLimits } from "../types.ts";
 
 /** Defaults of {@link HandshakeLimits}. */
-export const DEFAULT_HANDSHAKE_LIMITS: Readonly<HandshakeLimits> = { maxHandshakes: 1024, maxHandshakesPerAddress: 64 };
+const DEFAULT_HANDSHAKE_LIMITS: Readonly<HandshakeLimits> = { maxHandshakes: 1024, maxHandshakesPerAddress: 64 };
 
 /** Why a handshake was not admitted. */
 export type AdmissionRefusal = "handshake_limit" | "address_limit";

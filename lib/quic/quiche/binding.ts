@@ -1,7 +1,7 @@
 /**
  * The quiche native binding that `@matrixai/quic` ships. Loading it is the one runtime-sensitive
- * step of the transport, so it lives here alone: a compiled build can swap this module for one that
- * imports the `.node` file statically.
+ * step of the transport, so it lives here alone. A compiled build (scripts/build.ts) swaps the
+ * package's own loader, `@matrixai/quic/dist/native/quiche.js`, for a static import of the addon.
  *
  * @module
  */

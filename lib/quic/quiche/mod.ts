@@ -1,6 +1,6 @@
 /**
  * The quiche engine: our own QUIC endpoint on the quiche binding that `@matrixai/quic` ships
- * (quiche 0.18), for runtimes without a built-in QUIC (Node, Deno) and as the fallback.
+ * (quiche 0.18), on every runtime where its linux-x64 addon loads; what `auto` picks there.
  *
  * @module
  */
