@@ -75,23 +75,25 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   let primary: QuicConnection | undefined;
   const extras = new Set<QuicConnection>();
   let dialing = 0;
-  let stopNow: () => void = () => {};
   // A stop must not wait for a dial in flight (up to --handshake-timeout) or the backoff after it.
-  const stopping = new Promise<undefined>((resolve) => {
-    stopNow = () => resolve(undefined);
-  });
+  // Each waiter leaves this set when it is done, so a long run of reconnects holds nothing.
+  const onStop = new Set<() => void>();
   const sleep = (ms: number) =>
     new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      void stopping.then(() => {
+      if (stopped) return resolve();
+      const wake = () => {
         clearTimeout(timer);
+        onStop.delete(wake);
         resolve();
-      });
+      };
+      const timer = setTimeout(wake, ms);
+      onStop.add(wake);
     });
   const all = () => (primary ? [primary, ...extras] : [...extras]);
 
   /** Dials the server; resolves `undefined` at once if the agent stops first (a late connection is closed). */
   const dial = async (): Promise<QuicConnection | undefined> => {
+    if (stopped) return undefined;
     const attempt = options.engine.connect({
       host: options.server.host,
       port: options.server.port,
@@ -99,9 +101,12 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       tls: options.tls(),
       transport: options.transport,
     });
-    const connection = await Promise.race([attempt, stopping]);
+    const connection = await new Promise<QuicConnection | undefined>((resolve, reject) => {
+      const stop = () => resolve(undefined);
+      onStop.add(stop);
+      attempt.then(resolve, reject).finally(() => onStop.delete(stop));
+    });
     if (connection && !stopped) return connection;
-    connection?.close(0, "agent stopping");
     attempt.then(
       (late) => late.close(0, "agent stopping"),
       () => {},
@@ -235,7 +240,8 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     stop() {
       stopped = true;
       for (const connection of all()) connection.close(0, "agent stopping");
-      stopNow();
+      for (const wake of onStop) wake();
+      onStop.clear();
     },
     done: loop(),
   };
