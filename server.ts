@@ -18,7 +18,7 @@ import { setupLogging } from "./lib/ops/log.ts";
 import { Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
-import { type EngineChoice, loadEngine, type QuicEngine } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
 import { type Frontend, listenTcp, listenUnix } from "./lib/server/frontends.ts";
 import { HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
@@ -208,8 +208,10 @@ log.info("server started, tcp={tcp} quic={quic}", {
 onShutdown(log, {
   graceMs: flags["shutdown-grace"],
   drain: async (graceMs) => {
+    const deadline = Date.now() + graceMs;
     for (const { server } of frontends) server.close();
-    if (!(await tunnels.whenIdle(graceMs))) log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
+    if (await tunnels.whenIdle(graceMs)) await settled(agents.connections, { timeoutMs: deadline - Date.now() });
+    else log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
     await quic.close();
     log.info("server stopped");
   },

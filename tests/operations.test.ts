@@ -24,6 +24,7 @@ import {
   serverTlsArgs,
   sha256,
   startAgent,
+  startLossyRelay,
   startServer,
 } from "./harness.ts";
 import { udpRelay } from "./quic/relay.ts";
@@ -298,6 +299,34 @@ describe("graceful shutdown", { skip: SLOW_TRANSPORT }, () => {
     assert.ok(Date.now() - startedAt < 2_000);
     open.destroy();
   });
+
+  for (const engine of ENGINES) {
+    test(`a draining agent closes its connection only once the server has what its last tunnel sent, engine ${engine}`, async () => {
+      // 40 ms round trips: when the tunnel ends at the agent, megabytes of it are still in flight.
+      const server = track(await startServer({ engine }));
+      const relay = await startLossyRelay(server.quicPort, { loss: 0, delayMs: 20 });
+      try {
+        const agent = track(await startAgent(relay.port, { engine, args: ["--shutdown-grace", "20s"] }));
+        const socket = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+        const chunks: Buffer[] = [];
+        socket.on("error", () => {});
+        socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+        socket.write(`CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\n`);
+        await new Promise((resolve) => socket.once("data", resolve));
+        agent.child.kill("SIGTERM");
+        await server.waitFor(/is draining/);
+        socket.end("GET /mib/8 HTTP/1.0\r\n\r\n");
+        await new Promise((resolve) => socket.once("close", resolve));
+        const received = Buffer.concat(chunks);
+        const body = received.subarray(received.indexOf("\r\n\r\n", received.indexOf("\r\n\r\n") + 4) + 4);
+        assert.equal(body.length, 8 << 20, "the whole answer, not a cut one");
+        assert.equal(sha256(body), expectedSha256(8));
+        await agent.waitFor(/agent stopped/);
+      } finally {
+        await relay.stop();
+      }
+    });
+  }
 
   test("a draining agent tells the server at once; new tunnels go to the other agent", async () => {
     const server = track(await startServer({ args: ["--v", "2"] }));

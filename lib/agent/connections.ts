@@ -16,7 +16,15 @@ import type { FlagValues } from "../ops/flags.ts";
 import type { Logger } from "../ops/log.ts";
 import { Gauge, type Registry } from "../ops/metrics.ts";
 import { registerQuicMetrics } from "../ops/quic-metrics.ts";
-import type { QuicConnection, QuicEngine, QuicError, QuicStream, TlsMaterial, TransportOptions } from "../quic/mod.ts";
+import {
+  type QuicConnection,
+  type QuicEngine,
+  type QuicError,
+  type QuicStream,
+  settled,
+  type TlsMaterial,
+  type TransportOptions,
+} from "../quic/mod.ts";
 import type { Tunnels } from "../tunnel/slots.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
 import { explainServerCertificate } from "./diagnose.ts";
@@ -275,12 +283,15 @@ export function registerConnectionMetrics(registry: Registry, agent: AgentHandle
 }
 
 /**
- * A graceful stop: tell the server (GOAWAY), let open tunnels finish for up to `graceMs`, then close
- * the connections.
+ * A graceful stop: tell the server (GOAWAY), let open tunnels finish for up to `graceMs` and what
+ * they sent reach the server, then close the connections.
  */
 export async function drainAgent(agent: AgentHandle, tunnels: Tunnels, options: { graceMs: number; log: Logger }): Promise<void> {
+  const deadline = Date.now() + options.graceMs;
   await agent.goAway();
-  if (!(await tunnels.whenIdle(options.graceMs))) {
+  if (await tunnels.whenIdle(options.graceMs)) {
+    await settled(agent.connections, { timeoutMs: deadline - Date.now() });
+  } else {
     options.log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
   }
   agent.stop();

@@ -66,3 +66,29 @@ export abstract class BaseConnection extends EventEmitter<ConnectionEvents> impl
     }
   }
 }
+
+/**
+ * Resolves once every one of `connections` has gone quiet, no packet sent or received for a few
+ * round trips (at least 100 ms, which covers a probe timeout on a fast path): each peer then holds
+ * everything the tunnels that just ended wrote, which a close would throw away in flight. Gives up
+ * after `timeoutMs`.
+ */
+export async function settled(connections: readonly QuicConnection[], options: { timeoutMs: number }): Promise<void> {
+  const deadline = Date.now() + options.timeoutMs;
+  await Promise.all(connections.map((connection) => quiet(connection, deadline)));
+}
+
+async function quiet(connection: QuicConnection, deadline: number): Promise<void> {
+  const packets = () => {
+    const stats = connection.stats();
+    return stats.packetsSent + stats.packetsReceived;
+  };
+  let before = packets();
+  while (!connection.closed && Date.now() < deadline) {
+    const windowMs = Math.min(Math.max(100, 4 * connection.stats().rttMs), deadline - Date.now());
+    await new Promise((resolve) => setTimeout(resolve, windowMs));
+    const now = packets();
+    if (now === before) return;
+    before = now;
+  }
+}

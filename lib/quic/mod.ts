@@ -8,6 +8,7 @@
 import { QuicError } from "./errors.ts";
 import type { EngineName, QuicEngine } from "./types.ts";
 
+export { settled } from "./connection.ts";
 export { QuicError } from "./errors.ts";
 export type * from "./types.ts";
 
