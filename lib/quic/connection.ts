@@ -68,15 +68,20 @@ export abstract class BaseConnection extends EventEmitter<ConnectionEvents> impl
 }
 
 /**
- * Resolves once every one of `connections` has gone quiet, no packet sent or received for a few
- * round trips (at least 100 ms, which covers a probe timeout on a fast path): each peer then holds
- * everything the tunnels that just ended wrote, which a close would throw away in flight. Gives up
- * after `timeoutMs`.
+ * Resolves once every one of `connections` has gone quiet: no packet sent or received in two
+ * windows in a row of four round trips (at least 200 ms each), so the peer holds everything the
+ * tunnels that just ended wrote, which a close would throw away in flight. A window counts only if
+ * its timer fired on time: a starved event loop has not read the datagrams waiting for it. An
+ * unacknowledged packet is probed again within a window or two, so a lull the peer causes is seen
+ * as traffic. Gives up after `timeoutMs`.
  */
 export async function settled(connections: readonly QuicConnection[], options: { timeoutMs: number }): Promise<void> {
   const deadline = Date.now() + options.timeoutMs;
   await Promise.all(connections.map((connection) => quiet(connection, deadline)));
 }
+
+const QUIET_WINDOWS = 2;
+const MIN_QUIET_WINDOW_MS = 200;
 
 async function quiet(connection: QuicConnection, deadline: number): Promise<void> {
   const packets = () => {
@@ -84,11 +89,15 @@ async function quiet(connection: QuicConnection, deadline: number): Promise<void
     return stats.packetsSent + stats.packetsReceived;
   };
   let before = packets();
-  while (!connection.closed && Date.now() < deadline) {
-    const windowMs = Math.min(Math.max(100, 4 * connection.stats().rttMs), deadline - Date.now());
+  let quietWindows = 0;
+  while (quietWindows < QUIET_WINDOWS && Date.now() < deadline) {
+    const windowMs = Math.min(Math.max(MIN_QUIET_WINDOW_MS, 4 * connection.stats().rttMs), deadline - Date.now());
+    const startedAt = Date.now();
     await new Promise((resolve) => setTimeout(resolve, windowMs));
+    if (connection.closed) return;
+    const onTime = Date.now() - startedAt < windowMs * 1.5;
     const now = packets();
-    if (now === before) return;
+    quietWindows = now === before && onTime ? quietWindows + 1 : 0;
     before = now;
   }
 }
