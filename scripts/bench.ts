@@ -28,7 +28,7 @@ import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ensureDevCerts } from "./dev-certs.ts";
-import { ROOT, type RoleProcess, run, runtimeCommand, spawnProcess, startAgent, startServer } from "./roles.ts";
+import { agentArgs, ROOT, type RoleProcess, run, runtimeCommand, serverTlsArgs, spawnProcess, startAgent, startServer } from "./roles.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The HTTP target, run as a child process of the benchmark (this same file, selected by an
@@ -482,27 +482,11 @@ async function measure(opts: Options): Promise<void> {
           `127.0.0.1:${tcp}`,
           "--listen-quic",
           `127.0.0.1:${quic}`,
-          "--cert-file",
-          certs.serverCert,
-          "--cert-key",
-          certs.serverKey,
-          "--client-ca-file",
-          certs.ca,
+          ...serverTlsArgs(certs),
         ]),
       );
       await server.waitFor(/server started/);
-      const agent = track(
-        spawnProcess(join(dir, "quic-client"), [
-          "--server",
-          `127.0.0.1:${quic}`,
-          "--ca-file",
-          certs.ca,
-          "--cert-file",
-          certs.clientCert,
-          "--cert-key",
-          certs.clientKey,
-        ]),
-      );
+      const agent = track(spawnProcess(join(dir, "quic-client"), agentArgs(`127.0.0.1:${quic}`, certs)));
       await waitForTunnel(tcp, targetPort, "reference");
       setups.push(roleSetup(name, tcp, server, agent));
     } else {
@@ -740,30 +724,17 @@ function report(
     },
     { label: "agent peak private MB (RssAnon)", value: (n) => mem(n, "agent", "peakPrivate"), digits: 1 },
     { label: "agent idle RSS MB", value: (n) => mem(n, "agent", "idleRss"), digits: 1 },
-    { label: "server CPU s/GiB download", value: (n) => (results[n].cpu.down.server ?? Number.NaN) / gib(n, "down"), digits: 2 },
-    {
-      label: "server CPU % busy in download",
-      value: (n) => (100 * (results[n].cpu.down.server ?? Number.NaN)) / results[n].cpu.down.wall,
-      digits: 0,
-    },
-    { label: "agent CPU s/GiB download", value: (n) => (results[n].cpu.down.agent ?? Number.NaN) / gib(n, "down"), digits: 2 },
-    {
-      label: "agent CPU % busy in download",
-      value: (n) => (100 * (results[n].cpu.down.agent ?? Number.NaN)) / results[n].cpu.down.wall,
-      digits: 0,
-    },
-    { label: "server CPU s/GiB upload", value: (n) => (results[n].cpu.up.server ?? Number.NaN) / gib(n, "up"), digits: 2 },
-    {
-      label: "server CPU % busy in upload",
-      value: (n) => (100 * (results[n].cpu.up.server ?? Number.NaN)) / results[n].cpu.up.wall,
-      digits: 0,
-    },
-    { label: "agent CPU s/GiB upload", value: (n) => (results[n].cpu.up.agent ?? Number.NaN) / gib(n, "up"), digits: 2 },
-    {
-      label: "agent CPU % busy in upload",
-      value: (n) => (100 * (results[n].cpu.up.agent ?? Number.NaN)) / results[n].cpu.up.wall,
-      digits: 0,
-    },
+    ...(["download", "upload"] as const).flatMap((direction) => {
+      const key = direction === "download" ? "down" : "up";
+      return (["server", "agent"] as const).flatMap((role): Metric[] => [
+        { label: `${role} CPU s/GiB ${direction}`, value: (n) => (results[n].cpu[key][role] ?? Number.NaN) / gib(n, key), digits: 2 },
+        {
+          label: `${role} CPU % busy in ${direction}`,
+          value: (n) => (100 * (results[n].cpu[key][role] ?? Number.NaN)) / results[n].cpu[key].wall,
+          digits: 0,
+        },
+      ]);
+    }),
   ];
   const header = ["", ...names, ...(ref ? ours.map((n) => `${n}/ref`) : []), ...(ref ? ["goal"] : [])];
   const rows: string[][] = [header];

@@ -11,10 +11,10 @@ import { execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { type TestContext, test } from "node:test";
+import { test } from "node:test";
 import pkg from "../package.json" with { type: "json" };
 import { makeRootfs } from "../scripts/rootfs.ts";
-import { trackProcesses } from "./fixtures.ts";
+import { commandExists, skip, trackProcesses } from "./fixtures.ts";
 import {
   agentArgs,
   CERTS_AT_ROOT,
@@ -56,21 +56,6 @@ function missing(needs: { platform: string; qemu?: boolean; root?: boolean }): s
   if (problems.length > 0 && process.env.CI) assert.fail(`${problems.join("; ")}: CI must provide it`);
   if (needs.root && process.getuid?.() !== 0) problems.push("chroot needs root");
   return problems.length > 0 ? problems.join("; ") : undefined;
-}
-
-/** Skips the test, printing why (bun test does not show a skip's reason). */
-function skip(t: TestContext, reason: string): void {
-  console.log(`skipped "${t.name}": ${reason}`);
-  t.skip(reason);
-}
-
-function commandExists(command: string): boolean {
-  try {
-    execFileSync(command, ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 test("quic-tunnel runs each role by its link and by role argument, with package.json's version", async (t) => {

@@ -6,13 +6,12 @@
  * podman or dist/ is missing, except in CI, where it fails.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type TestContext, test } from "node:test";
+import { test } from "node:test";
 import { makeRootfs } from "../scripts/rootfs.ts";
-import { trackProcesses } from "./fixtures.ts";
+import { commandExists, skip, trackProcesses } from "./fixtures.ts";
 import {
   agentArgs,
   CERTS_AT_ROOT,
@@ -70,21 +69,6 @@ function unavailable(arch: keyof typeof PLATFORMS): string | undefined {
   const reason = problems.length > 0 ? problems.join("; ") : undefined;
   if (reason && process.env.CI) assert.fail(`${reason}: CI must provide it`);
   return reason;
-}
-
-function commandExists(command: string): boolean {
-  try {
-    execFileSync(command, ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Skips the test, printing why (bun test does not show a skip's reason). */
-function skip(t: TestContext, reason: string): void {
-  console.log(`skipped "${t.name}": ${reason}`);
-  t.skip(reason);
 }
 
 /** Lays out dist/<platform>/rootfs and builds the three scratch images of `arch`. */

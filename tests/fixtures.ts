@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { after, before } from "node:test";
+import { execFileSync } from "node:child_process";
+import { after, before, type TestContext } from "node:test";
 import { type RoleProcess, startHttpTarget } from "./harness.ts";
 
 /** Returns a function that remembers a process; all of them are killed after the file's tests. */
@@ -34,4 +35,20 @@ export function httpTargetFixture(): { readonly port: number } {
       return target.port;
     },
   };
+}
+
+/** Skips the test, printing why (bun test does not show a skip's reason). */
+export function skip(t: TestContext, reason: string): void {
+  console.log(`skipped "${t.name}": ${reason}`);
+  t.skip(reason);
+}
+
+/** True when `command --version` runs. */
+export function commandExists(command: string): boolean {
+  try {
+    execFileSync(command, ["--version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
 }
