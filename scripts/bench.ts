@@ -20,7 +20,6 @@
  * @module
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import dgram from "node:dgram";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -28,7 +27,18 @@ import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ensureDevCerts } from "./dev-certs.ts";
-import { agentArgs, ROOT, type RoleProcess, run, runtimeCommand, serverTlsArgs, spawnProcess, startAgent, startServer } from "./roles.ts";
+import {
+  agentArgs,
+  freePort,
+  ROOT,
+  type RoleProcess,
+  run,
+  runtimeCommand,
+  serverTlsArgs,
+  spawnProcess,
+  startAgent,
+  startServer,
+} from "./roles.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The HTTP target, run as a child process of the benchmark (this same file, selected by an
@@ -272,28 +282,6 @@ async function startListening(command: string, args: string[], env?: NodeJS.Proc
     setTimeout(() => reject(new Error(`${args.join(" ")} did not listen within 15 s`)), 15_000).unref();
   });
   return { child, port };
-}
-
-/** A free port on 127.0.0.1 (for the reference, which cannot report a port 0 it bound). */
-function freePort(kind: "tcp" | "udp"): Promise<number> {
-  if (kind === "tcp") {
-    return new Promise((resolve, reject) => {
-      const server = net.createServer();
-      server.once("error", reject);
-      server.listen(0, "127.0.0.1", () => {
-        const { port } = server.address() as net.AddressInfo;
-        server.close(() => resolve(port));
-      });
-    });
-  }
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket("udp4");
-    socket.once("error", reject);
-    socket.bind(0, "127.0.0.1", () => {
-      const { port } = socket.address();
-      socket.close(() => resolve(port));
-    });
-  });
 }
 
 // ---------------------------------------------------------------------------------------------

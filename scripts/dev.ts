@@ -7,6 +7,9 @@
  * runs (.dev/tunnel.pid) or one of its ports is taken; if the server or the agent exits on its own,
  * everything stops.
  *
+ * The ports and the pid file can be moved with the environment (DEV_TCP_PORT, DEV_QUIC_PORT,
+ * DEV_DEMO_PORT, DEV_PID_FILE), so that its tests run beside a real `npm start`.
+ *
  * @module
  */
 import { type ChildProcess, spawn } from "node:child_process";
@@ -14,20 +17,29 @@ import dgram from "node:dgram";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { ensureDevCerts } from "./dev-certs.ts";
 import { agentArgs, ROOT, runtimeCommand, serverTlsArgs } from "./roles.ts";
 
 const HOST = "127.0.0.1";
-const TCP_PORT = 10443;
-const QUIC_PORT = 8888;
-const DEMO_PORT = 18080;
-const PID_FILE = join(ROOT, ".dev", "tunnel.pid");
+const TCP_PORT = portFromEnv("DEV_TCP_PORT", 10443);
+const QUIC_PORT = portFromEnv("DEV_QUIC_PORT", 8888);
+const DEMO_PORT = portFromEnv("DEV_DEMO_PORT", 18080);
+const PID_FILE = process.env.DEV_PID_FILE || join(ROOT, ".dev", "tunnel.pid");
 
 /** Prints one line and exits with `code`. */
 function quit(message: string, code: number): never {
   process.stderr.write(`npm start: ${message}\n`);
   process.exit(code);
+}
+
+/** A port from the environment variable `name`, or `fallback` when it is unset. */
+function portFromEnv(name: string, fallback: number): number {
+  const text = process.env[name];
+  if (!text) return fallback;
+  const port = Number(text);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) quit(`${name}=${text} is not a port (1-65535)`, 1);
+  return port;
 }
 
 /** The pid of a running `npm start`, if there is one. */
@@ -69,7 +81,7 @@ for (const [port, protocol] of [
   const problem = await portTaken(port, protocol);
   if (problem) quit(problem, 1);
 }
-mkdirSync(join(ROOT, ".dev"), { recursive: true });
+mkdirSync(dirname(PID_FILE), { recursive: true });
 writeFileSync(PID_FILE, String(process.pid));
 const certs = ensureDevCerts(join(ROOT, ".dev", "certs"));
 const demo = http.createServer((req, res) => res.end(`hello through the tunnel: ${req.method} ${req.url}\n`));

@@ -7,7 +7,9 @@
  * @module
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import dgram from "node:dgram";
 import { mkdtempSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -74,9 +76,9 @@ export function spawnRole(
 }
 
 /** Starts any command as a {@link RoleProcess} (compiled binaries, chroot). */
-export function spawnProcess(command: string, args: string[]): RoleProcess {
+export function spawnProcess(command: string, args: string[], options: { env?: NodeJS.ProcessEnv } = {}): RoleProcess {
   const script = args.find((arg) => arg.endsWith(".ts")) ?? command;
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT, env: options.env });
   let stderr = "";
   const waiters = new Set<() => void>();
   child.stderr?.setEncoding("utf8");
@@ -203,14 +205,39 @@ export async function startAgent(
   return proc;
 }
 
+/**
+ * A free port on 127.0.0.1, for programs that cannot report a port 0 they bound (the reference,
+ * `npm start`).
+ */
+export function freePort(kind: "tcp" | "udp"): Promise<number> {
+  if (kind === "tcp") {
+    return new Promise((resolve, reject) => {
+      const server = net.createServer();
+      server.once("error", reject);
+      server.listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as net.AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+  }
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket("udp4");
+    socket.once("error", reject);
+    socket.bind(0, "127.0.0.1", () => {
+      const { port } = socket.address();
+      socket.close(() => resolve(port));
+    });
+  });
+}
+
 /** Runs a command to completion, collecting stdout and stderr. */
 export function run(
   command: string,
   args: string[],
-  options: { input?: Buffer; timeoutMs?: number } = {},
+  options: { input?: Buffer; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: [options.input ? "pipe" : "ignore", "pipe", "pipe"] });
+    const child = spawn(command, args, { stdio: [options.input ? "pipe" : "ignore", "pipe", "pipe"], env: options.env });
     const out: Buffer[] = [];
     let stderr = "";
     child.stdout?.on("data", (chunk: Buffer) => out.push(chunk));
