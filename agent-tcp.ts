@@ -54,7 +54,7 @@ try {
 // Rotated certificates apply from the next connection; the open ones keep working.
 watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) });
 
-const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log });
+const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
 let draining = false;
 const agent = runAgent(
   connectionOptions(flags, { kind: "passthrough", engine, tls: () => tls, log }),

@@ -78,7 +78,7 @@ if (allowList.allowsAll) log.warn("no --allow rules: any host:port this agent ca
 // Rotated certificates apply from the next connection; the open ones keep working.
 watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) });
 
-const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log });
+const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
 const dialSeconds = new Histogram(
   registry,
   "quic_tunnel_dial_duration_seconds",

@@ -16,6 +16,12 @@ export const VERSION: string = pkg.version;
 /** Flags every role has. */
 export const COMMON_FLAGS = {
   "max-tunnels": { kind: "int", value: "N", default: "10000", help: "Tunnels open at once; more are answered 503 (0: no limit)." },
+  "max-buffered": {
+    kind: "size",
+    value: "size",
+    default: "64MiB",
+    help: "Bytes this process may hold for clients and targets that do not read what their tunnel brings (0: no limit). Flow control holds each sender back; past this total, or past a quarter of it for one tunnel, the tunnel holding the most is ended (outcome over_budget). With node-quic, whose streams take data whatever the reader does, this is what bounds memory.",
+  },
   "tunnel-idle-timeout": {
     kind: "duration",
     value: "dur",

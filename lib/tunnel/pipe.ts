@@ -7,6 +7,7 @@
  * @module
  */
 import type { Duplex } from "node:stream";
+import { type BufferBudget, type BufferBudgetError, engineHeld, type Stall } from "./budget.ts";
 
 /** What a finished {@link pipeBoth} moved, and the first error that ended it early. */
 export interface PipeResult {
@@ -57,23 +58,35 @@ export function abort(stream: Duplex): void {
   stream.destroy();
 }
 
-function forward(from: Duplex, to: Duplex, count: (n: number) => void): void {
+/** Copies `from` to `to`, pausing while `to` is full; a pause is a stall the budget watches. */
+function forward(
+  from: Duplex,
+  to: Duplex,
+  options: { count: (n: number) => void; budget?: BufferBudget; abort: (err: Error) => void },
+): void {
   let waiting = false;
+  const stall: Stall = {
+    held: () => to.writableLength + from.readableLength + engineHeld(from),
+    abort: (err: BufferBudgetError) => options.abort(err),
+  };
   const resume = () => {
     waiting = false;
+    options.budget?.resume(stall);
     from.resume();
   };
   from.on("data", (chunk: Buffer) => {
-    count(chunk.length);
+    options.count(chunk.length);
     // The chunk came from `from` and only this pipe holds it; the writer is done with it once its
     // write callback has run.
     if (!to.write(chunk, () => release(chunk)) && !waiting) {
       waiting = true;
       from.pause();
       to.once("drain", resume);
+      options.budget?.stall(stall);
     }
   });
   from.once("end", () => to.end());
+  for (const stream of [from, to]) stream.once("close", () => options.budget?.resume(stall));
   from.resume();
 }
 
@@ -87,6 +100,8 @@ export interface PipeOptions {
    * without a word (a chain of tunnels into each other, a peer that vanished mid-close).
    */
   halfCloseTimeoutMs?: number;
+  /** Bounds what a stalled direction may hold, together with every other tunnel's (absent: no bound). */
+  budget?: BufferBudget;
 }
 
 /**
@@ -152,13 +167,21 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
       if (stream.closed) queueMicrotask(() => onClose(stream, other));
       else stream.once("close", () => onClose(stream, other));
     }
-    forward(a, b, (n) => {
-      result.sent += n;
-      lastActivity = performance.now();
+    forward(a, b, {
+      count: (n) => {
+        result.sent += n;
+        lastActivity = performance.now();
+      },
+      budget: options.budget,
+      abort: onError,
     });
-    forward(b, a, (n) => {
-      result.received += n;
-      lastActivity = performance.now();
+    forward(b, a, {
+      count: (n) => {
+        result.received += n;
+        lastActivity = performance.now();
+      },
+      budget: options.budget,
+      abort: onError,
     });
   });
 }

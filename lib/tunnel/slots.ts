@@ -9,6 +9,7 @@
 import type { Duplex } from "node:stream";
 import type { Logger } from "../ops/log.ts";
 import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
+import { BufferBudget, BufferBudgetError } from "./budget.ts";
 import { replyAndClose } from "./connect.ts";
 import { abort, type PipeOptions, type PipeResult, pipeBoth } from "./pipe.ts";
 
@@ -24,6 +25,7 @@ export type Outcome =
   | "loop"
   | "dial_failed"
   | "draining"
+  | "over_budget"
   | "aborted";
 
 const OUTCOMES: readonly Outcome[] = [
@@ -37,6 +39,7 @@ const OUTCOMES: readonly Outcome[] = [
   "loop",
   "dial_failed",
   "draining",
+  "over_budget",
   "aborted",
 ];
 
@@ -52,12 +55,17 @@ export class Tunnels {
   readonly #ended: Counter;
   readonly #bytes: Counter;
   readonly #responses: Counter;
+  readonly #budget: BufferBudget;
   #count = 0;
   #idleWaiters: Array<() => void> = [];
 
-  /** `role` names this side in refusals (`server`, `agent`); `max` 0 means no limit. */
-  constructor(registry: Registry, options: { role: string; max: number; log: Logger }) {
+  /**
+   * `role` names this side in refusals (`server`, `agent`); `max` 0 means no limit; `maxBuffered`
+   * bounds the bytes held for readers that do not read (see {@link BufferBudget}; 0 or absent: none).
+   */
+  constructor(registry: Registry, options: { role: string; max: number; log: Logger; maxBuffered?: number }) {
     this.#role = options.role;
+    this.#budget = new BufferBudget(options.maxBuffered ?? 0);
     this.#max = options.max;
     this.#log = options.log;
     this.#active = new Gauge(registry, "quic_tunnel_tunnels_active", "Tunnels open now, from accept to end.");
@@ -122,6 +130,11 @@ export class Tunnels {
     if (this.#count === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
   }
 
+  /** @internal the budget every tunnel's pipe shares. */
+  get budget(): BufferBudget {
+    return this.#budget;
+  }
+
   /** @internal the logger tunnels write to. */
   get log(): Logger {
     return this.#log;
@@ -174,10 +187,12 @@ export class Tunnel {
    * gave one. Never rejects.
    */
   async carry(other: Duplex, options: PipeOptions & { status?: number } = {}): Promise<PipeResult> {
-    const result = await pipeBoth(this.#peer, other, options);
-    if (this.#end(result.error ? "error" : "ok", { status: options.status, bytes: result })) {
+    const result = await pipeBoth(this.#peer, other, { ...options, budget: this.#tunnels.budget });
+    const overBudget = result.error instanceof BufferBudgetError;
+    if (this.#end(overBudget ? "over_budget" : result.error ? "error" : "ok", { status: options.status, bytes: result })) {
       const fields = { ...this.#fields, up: result.sent, down: result.received, ms: Math.round(performance.now() - this.#started) };
-      if (result.error) this.#tunnels.log.debug("tunnel {tunnel} ended with error: {error}", { ...fields, error: result.error });
+      if (overBudget) this.#tunnels.log.warn("tunnel {tunnel} ended: {error}", { ...fields, error: result.error });
+      else if (result.error) this.#tunnels.log.debug("tunnel {tunnel} ended with error: {error}", { ...fields, error: result.error });
       else this.#tunnels.log.debug("tunnel {tunnel} closed", fields);
     }
     return result;

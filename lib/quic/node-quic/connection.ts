@@ -14,14 +14,6 @@ import { NodeQuicStream, type StreamOwner } from "./stream.ts";
 const NS_PER_MS = 1_000_000;
 /** How long a new stream waits for the peer's stream credit before it counts as a limit reached. */
 const CREDIT_WAIT_MS = 1000;
-/**
- * Bun's node:quic reads whatever the peer sends into memory whether or not anyone reads it (no
- * flow control towards a slow reader), so a stream or connection that holds more than this for a
- * reader that does not keep up is reset: memory stays bounded at the cost of that tunnel.
- */
-const STREAM_BUFFER_LIMIT = 32 << 20;
-const CONNECTION_BUFFER_LIMIT = 128 << 20;
-const BUFFER_CHECK_MS = 100;
 /** How long a session whose streams ended without FINs gets to report its own close. */
 const LOST_SESSION_GRACE_MS = 1000;
 
@@ -66,7 +58,6 @@ export class NodeQuicConnection extends BaseConnection implements StreamOwner {
   readonly #incomingStreamLimit: number;
   #closedLocally = false;
   #lost: QuicError | undefined;
-  #bufferCheck: ReturnType<typeof setInterval>;
   closed = false;
 
   /**
@@ -83,8 +74,6 @@ export class NodeQuicConnection extends BaseConnection implements StreamOwner {
       () => this.#onClosed(undefined),
       (err) => this.#onClosed(err),
     );
-    this.#bufferCheck = setInterval(() => this.#limitBuffers(), BUFFER_CHECK_MS);
-    this.#bufferCheck.unref?.();
   }
 
   get streamCount(): number {
@@ -175,26 +164,9 @@ export class NodeQuicConnection extends BaseConnection implements StreamOwner {
     return wrapped;
   }
 
-  /** Resets the streams whose unread data is over the limits, the fullest first. */
-  #limitBuffers(): void {
-    const held = [...this.#streams].map((stream) => [stream, stream.buffered] as const).filter(([, bytes]) => bytes > 0);
-    let total = held.reduce((sum, [, bytes]) => sum + bytes, 0);
-    held.sort((a, b) => b[1] - a[1]);
-    for (const [stream, bytes] of held) {
-      if (bytes <= STREAM_BUFFER_LIMIT && total <= CONNECTION_BUFFER_LIMIT) break;
-      total -= bytes;
-      stream.destroy(
-        new QuicError(
-          `stream ${stream.id}: ${bytes} bytes wait for a reader that does not keep up (node:quic cannot hold the sender back)`,
-        ),
-      );
-    }
-  }
-
   #onClosed(err: unknown): void {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.#bufferCheck);
     const error = this.#closeReason(err);
     this.#lost ??= error ?? new QuicError(`QUIC connection to ${this.peer} closed`);
     for (const stream of [...this.#streams]) {

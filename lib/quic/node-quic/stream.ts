@@ -72,7 +72,7 @@ export class NodeQuicStream extends Duplex implements QuicStream {
   }
 
   /** Bytes node:quic holds for this stream that it has not handed to us yet. */
-  get buffered(): number {
+  get heldForReader(): number {
     return unreadBytes(this.#stream);
   }
 

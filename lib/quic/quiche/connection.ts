@@ -243,6 +243,10 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     return this.#sendFinCopies(stream);
   }
 
+  get streamWindow(): number {
+    return this.#options.streamWindow;
+  }
+
   forget(stream: QuicheStream): void {
     this.#streams.delete(stream.id);
     this.#wantWrite.delete(stream);

@@ -30,6 +30,8 @@ export interface StreamHost {
   mayReadAfterFin(stream: QuicheStream): boolean;
   /** The stream was destroyed. */
   forget(stream: QuicheStream): void;
+  /** The receive window a stream starts with. */
+  readonly streamWindow: number;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -70,6 +72,14 @@ export class QuicheStream extends Duplex implements QuicStreamType {
   /** True once our FIN has been handed to quiche. */
   get writeDone(): boolean {
     return this.#writeDone;
+  }
+
+  /**
+   * What quiche may hold for this stream's reader: nothing while it reads; once it pauses, up to
+   * the stream's receive window, which quiche does not report (counted at its initial size).
+   */
+  get heldForReader(): number {
+    return this.#readPaused ? this.#host.streamWindow : 0;
   }
 
   /** Reads what quiche holds for this stream into the readable side until it pauses or ends. */
@@ -169,6 +179,7 @@ export class QuicheStream extends Duplex implements QuicStreamType {
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     const native = this.#host.native;
     if (!this.#host.closed) {
+      if (!this.#readDone) this.#discardUnread();
       try {
         if (!this.#readDone) native.streamShutdown(this.id, quiche.Shutdown.Read, STREAM_CANCELLED);
       } catch {
@@ -184,5 +195,26 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     this.#finPending = null;
     this.#host.forget(this);
     callback(err);
+  }
+
+  /**
+   * Reads and drops what quiche still holds for this stream. quiche 0.18 drops a stopped stream's
+   * unread bytes without counting them as consumed (fixed upstream only in 2025, 0a0d3bd1), so
+   * each stream abandoned by a client that stopped reading would shrink the connection's receive
+   * window for good, until no stream could receive at all. Read out first, they are credited.
+   */
+  #discardUnread(): void {
+    const native = this.#host.native;
+    try {
+      for (;;) {
+        const result = native.streamRecv(this.id, recvBuffer);
+        if (result === null || result[0] === 0 || result[1]) {
+          if (result?.[1]) this.#readDone = true;
+          return;
+        }
+      }
+    } catch {
+      // reset by the peer meanwhile: quiche has dropped the bytes itself
+    }
   }
 }

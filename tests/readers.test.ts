@@ -1,0 +1,157 @@
+/**
+ * Clients that stop reading, against the real roles on both engines: the bytes held for them stay
+ * within --max-buffered, fresh tunnels keep working while they wait and once they have gone, and
+ * nothing of them stays behind (quiche 0.18 used to keep the receive window of every stream a
+ * non-reader abandoned, until the connection could carry nothing).
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { after, describe, test } from "node:test";
+import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
+import { ENGINES, type RoleProcess, rawExchange, roleMetrics, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
+import { pause, until } from "./wait.ts";
+
+const track = trackProcesses();
+const children: ChildProcess[] = [];
+after(() => {
+  for (const child of children) child.kill("SIGKILL");
+});
+const target = httpTargetFixture();
+
+function rssMb(role: RoleProcess): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${role.child.pid}/status`, "utf8"))?.[1]) / 1024;
+}
+
+/**
+ * `count` clients, each asking for `mib` MiB through the tunnel and never reading a byte of it,
+ * with 4 KiB receive buffers (a JavaScript socket cannot shrink its own): a Python process that
+ * holds them until {@link NonReaders.close}.
+ */
+interface NonReaders {
+  close(): Promise<void>;
+}
+
+const NON_READERS = `
+import socket, sys
+port, target, count, mib = (int(arg) for arg in sys.argv[1:5])
+clients = []
+for _ in range(count):
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.connect(("127.0.0.1", port))
+    c.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n\\r\\nGET /mib/%d HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n" % (target, mib))
+    clients.append(c)
+print("ready", flush=True)
+sys.stdin.read()
+for c in clients:
+    c.close()
+`;
+
+async function nonReaders(proxyPort: number, options: { count: number; mib: number }): Promise<NonReaders> {
+  const child = spawn("python3", ["-c", NON_READERS, String(proxyPort), String(target.port), String(options.count), String(options.mib)], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  children.push(child);
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.once("data", () => resolve());
+    child.once("exit", (code) => reject(new Error(`the non-reading clients exited with ${code}`)));
+  });
+  return {
+    close: () =>
+      new Promise((resolve) => {
+        child.once("exit", () => resolve());
+        child.stdin?.end();
+      }),
+  };
+}
+
+/** How long a fresh tunnel takes to bring a 64 KiB answer, or the error it got. */
+async function freshTunnel(proxyPort: number): Promise<number> {
+  const started = performance.now();
+  const reply = await rawExchange(proxyPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET /bytes/65536 HTTP/1.0\r\n\r\n`, {
+    timeoutMs: 5_000,
+  });
+  assert.match(reply, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nHTTP\/1\.[01] 200/, "a fresh tunnel is answered");
+  assert.ok(reply.length > 65536, `a fresh tunnel brings its whole answer, got ${reply.length} bytes`);
+  return performance.now() - started;
+}
+
+for (const engine of ENGINES) {
+  describe(`clients that never read, engine ${engine}`, { skip: SLOW_TRANSPORT }, () => {
+    test("1,000 clients that never read 64 MiB each: memory within --max-buffered, fresh tunnels served during and after", async () => {
+      const budgetMib = 32;
+      // node:quic (lsquic) hands back the stream credit of ended streams in late batches, and a
+      // stream waits up to a second for it: a fresh tunnel may wait that long behind the flood.
+      const settle = engine === "node-quic" ? 3_000 : 1_000;
+      const args = ["--max-buffered", `${budgetMib}MiB`, "--admin-addr", "127.0.0.1:0"];
+      const server = track(await startServer({ engine, args: [...args, "--max-tunnels", "5000"] }));
+      const agent = track(await startAgent(server.quicPort, { engine, args: [...args, "--max-tunnels", "5000"] }));
+      await freshTunnel(server.tcpPort);
+      const idle = { server: rssMb(server), agent: rssMb(agent) };
+      const peak = { ...idle };
+      const sampler = setInterval(() => {
+        peak.server = Math.max(peak.server, rssMb(server));
+        peak.agent = Math.max(peak.agent, rssMb(agent));
+      }, 100);
+      try {
+        const clients = await nonReaders(server.tcpPort, { count: 1000, mib: 64 });
+        // The flood has reached both roles once the agent has ended tunnels over the budget.
+        await until(
+          async () => ((await roleMetrics(agent)).get('quic_tunnel_tunnels_total{outcome="over_budget"}') ?? 0) > 0,
+          "the agent to hold a tunnel to the budget",
+          {
+            timeoutMs: 20_000,
+            intervalMs: 100,
+          },
+        );
+        await pause(2_000);
+        const during = await freshTunnel(server.tcpPort);
+        const steady = { server: rssMb(server), agent: rssMb(agent) };
+        const active = {
+          server: (await roleMetrics(server)).get("quic_tunnel_tunnels_active"),
+          agent: (await roleMetrics(agent)).get("quic_tunnel_tunnels_active"),
+        };
+        await clients.close();
+        const afterwards = await freshTunnel(server.tcpPort);
+        clearInterval(sampler);
+        const figures = `idle ${JSON.stringify(idle)} MB, steady ${JSON.stringify(steady)} MB, peak ${JSON.stringify(peak)} MB, active then ${JSON.stringify(active)}; fresh tunnel ${during.toFixed(0)} ms during, ${afterwards.toFixed(0)} ms after`;
+        process.stderr.write(`${engine}: ${figures}\n`);
+        assert.ok(during < settle, `a fresh tunnel during the flood within 1 s: ${figures}`);
+        assert.ok(afterwards < settle, `a fresh tunnel after the flood within 1 s: ${figures}`);
+        // What the roles hold for the waiting clients is the budget, plus what the runtime has not
+        // collected yet of tunnels the budget ended.
+        for (const role of ["server", "agent"] as const) {
+          assert.ok(steady[role] < idle[role] + budgetMib + 96, `${role} holds about its budget while they wait: ${figures}`);
+        }
+      } finally {
+        clearInterval(sampler);
+      }
+      await until(async () => (await roleMetrics(server)).get("quic_tunnel_tunnels_active") === 0, "the server to close every tunnel", {
+        timeoutMs: 20_000,
+      });
+      const times: number[] = [];
+      for (let i = 0; i < 5; i++) times.push(await freshTunnel(server.tcpPort));
+      assert.ok(
+        Math.max(...times) < settle,
+        `fresh tunnels at once once they have gone: ${times.map((ms) => ms.toFixed(0)).join(", ")} ms`,
+      );
+    });
+
+    test("clients that never read and then leave give back all of the connection's receive window (no --max-buffered)", {
+      skip: engine === "node-quic" ? "without a budget node:quic holds whatever is sent: nothing to give back" : undefined,
+    }, async () => {
+      // 300 stalled streams hold some 300 MiB of the agent's answers, more than ten times the
+      // largest connection window: each must be credited back once its client has gone.
+      const server = track(await startServer({ engine, args: ["--max-buffered", "0", "--admin-addr", "127.0.0.1:0"] }));
+      track(await startAgent(server.quicPort, { engine, args: ["--max-buffered", "0"] }));
+      const clients = await nonReaders(server.tcpPort, { count: 300, mib: 1024 });
+      await pause(12_000);
+      await clients.close();
+      await until(async () => (await roleMetrics(server)).get("quic_tunnel_tunnels_active") === 0, "the server to close every tunnel", {
+        timeoutMs: 20_000,
+      });
+      for (let i = 0; i < 5; i++) assert.ok((await freshTunnel(server.tcpPort)) < 1_000, "a fresh tunnel at once");
+    });
+  });
+}

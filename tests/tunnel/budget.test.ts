@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { BufferBudget, BufferBudgetError, type Stall } from "../../lib/tunnel/budget.ts";
+
+/** A stall holding `bytes`, recording the error it was aborted with. */
+function fakeStall(bytes: number): Stall & { bytes: number; aborted?: BufferBudgetError } {
+  const stall: Stall & { bytes: number; aborted?: BufferBudgetError } = {
+    bytes,
+    held: () => stall.bytes,
+    abort: (err) => {
+      stall.aborted = err;
+    },
+  };
+  return stall;
+}
+
+test("stalls within the budget and their share are left alone", () => {
+  const budget = new BufferBudget(1000);
+  const stalls = [fakeStall(200), fakeStall(250), fakeStall(250)];
+  for (const stall of stalls) budget.stall(stall);
+  assert.ok(stalls.every((stall) => stall.aborted === undefined));
+  for (const stall of stalls) budget.resume(stall);
+  assert.equal(budget.aborted, 0);
+});
+
+test("one stall over a quarter of the budget is ended, whatever the others hold", () => {
+  const budget = new BufferBudget(1000);
+  const small = fakeStall(10);
+  const big = fakeStall(100);
+  budget.stall(small);
+  budget.stall(big);
+  assert.equal(big.aborted, undefined);
+  big.bytes = 251;
+  budget.check();
+  const error = big.aborted as BufferBudgetError | undefined;
+  assert.ok(error instanceof BufferBudgetError);
+  assert.match(error.message, /251 bytes .* share .* --max-buffered 1000/);
+  assert.equal(small.aborted, undefined);
+  budget.resume(small);
+});
+
+test("over the budget, the longest stalled are ended first until the rest fit", () => {
+  const budget = new BufferBudget(1000);
+  const stalls = Array.from({ length: 6 }, () => fakeStall(200));
+  for (const stall of stalls) budget.stall(stall);
+  // 6 x 200 > 1000: the first one is ended as the sixth arrives, and the rest fit.
+  assert.deepEqual(
+    stalls.map((stall) => stall.aborted !== undefined),
+    [true, false, false, false, false, false],
+  );
+  assert.match(stalls[0].aborted?.message ?? "", /stalled tunnels hold more than --max-buffered 1000/);
+  assert.equal(budget.aborted, 1);
+  for (const stall of stalls) budget.resume(stall);
+});
+
+test("a stall that moves again is no longer counted", () => {
+  const budget = new BufferBudget(1000);
+  const first = fakeStall(200);
+  budget.stall(first);
+  budget.resume(first);
+  const second = fakeStall(240);
+  budget.stall(second);
+  first.bytes = 900;
+  budget.check();
+  assert.equal(first.aborted, undefined);
+  assert.equal(second.aborted, undefined);
+  budget.resume(second);
+});
+
+test("a budget of 0 watches nothing", () => {
+  const budget = new BufferBudget(0);
+  const stall = fakeStall(1 << 30);
+  budget.stall(stall);
+  budget.check();
+  assert.equal(stall.aborted, undefined);
+});
