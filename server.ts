@@ -21,7 +21,8 @@ import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials }
 import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
 import { type Frontend, listenTcp, listenUnix } from "./lib/server/frontends.ts";
-import { HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
+import { firstBytes, HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
+import { abort } from "./lib/tunnel/pipe.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
 
 // Flags: the reference's, then ours.
@@ -80,6 +81,13 @@ const flags = parseCommandLine(
       default: "5s",
       help: "How long a client waits for an agent with a free stream (agents at their limit open more connections) before 503.",
     },
+    "agent-answer-timeout": {
+      positive: true,
+      kind: "duration",
+      value: "dur",
+      default: "15s",
+      help: "How long the server waits for an agent's answer to a CONNECT (its own dial takes up to its --dial-timeout) before it resets the stream and answers 504; an agent that missed it takes new tunnels only when no other agent can, for a minute.",
+    },
     "quic-retry": { kind: "bool", default: "true", help: "Validate agent addresses with a stateless QUIC Retry before keeping state." },
     ...TRANSPORT_FLAGS,
     ...COMMON_FLAGS,
@@ -124,7 +132,7 @@ const agents = new Agents({ log, registry, subjects: flags["agent-subject"], pas
 
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
-const tunnels = new Tunnels(registry, { role: "server", max: flags["max-tunnels"], log });
+const tunnels = new Tunnels(registry, { role: "server", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
 async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress" | "remotePort">>): Promise<void> {
   const client = socket.remoteAddress ? formatHostPort({ host: socket.remoteAddress, port: socket.remotePort ?? 0 }) : "unix";
   const passthrough = agents.passthrough;
@@ -153,6 +161,12 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
   const { stream, agent } = opened;
   tunnel.note({ agent: agent.peer, stream: stream.id });
   if (first.length > 0) stream.write(first);
+  if (!passthrough && !(await firstBytes(stream, flags["agent-answer-timeout"]))) {
+    abort(stream);
+    agents.unanswered(agent, flags["agent-answer-timeout"]);
+    tunnel.refuse("timeout", 504, `agent ${agent.peer} did not answer within ${flags["agent-answer-timeout"]} ms`);
+    return;
+  }
   await tunnel.carry(stream, tunnelTimeouts(flags));
   agents.roomMade();
 }

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { describe, test } from "node:test";
+import { loadEngine } from "../lib/quic/mod.ts";
 import { pipeBoth } from "../lib/tunnel/pipe.ts";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
 import {
@@ -20,6 +21,7 @@ import {
   startAgent,
   startServer,
 } from "./harness.ts";
+import { clientTls } from "./quic/conformance.ts";
 import { until } from "./wait.ts";
 
 const track = trackProcesses();
@@ -211,4 +213,58 @@ describe("certificates checked at start", { skip: SLOW_TRANSPORT }, () => {
     const agent = track(await startAgent(server.quicPort, { wait: false }));
     await agent.waitFor(/issued by CN=some-other-ca, not by a CA of --ca-file \(CN=quic-tunnel-dev-ca\)/);
   });
+});
+
+describe("agents that do not answer", { skip: SLOW_TRANSPORT }, () => {
+  /**
+   * An agent with a valid certificate that takes streams and never answers them: it leaves each
+   * unread, or reads the CONNECT and says nothing.
+   */
+  async function mute(quicPort: number, behaviour: "never reads" | "reads, never answers") {
+    const engine = await loadEngine("quiche");
+    const connection = await engine.connect({
+      host: "127.0.0.1",
+      port: quicPort,
+      serverName: "quic-tunnel-server",
+      tls: clientTls(scratchCerts()),
+    });
+    connection.on("stream", (stream) => {
+      stream.on("error", () => {});
+      if (behaviour === "reads, never answers") stream.resume();
+    });
+    return connection;
+  }
+
+  for (const behaviour of ["never reads", "reads, never answers"] as const) {
+    test(`an agent that ${behaviour}: its clients get 504 at --agent-answer-timeout, and the good agent takes the tunnels after`, async () => {
+      const server = track(await startServer({ args: ["--agent-answer-timeout", "1s", "--admin-addr", "127.0.0.1:0", "--v", "2"] }));
+      track(await startAgent(server.quicPort));
+      const bad = await mute(server.quicPort, behaviour);
+      try {
+        await server.waitFor(/agents=2/);
+        // Round-robin sends every other client to the mute agent, until it has missed once.
+        const started = performance.now();
+        const replies = await Promise.all(
+          Array.from({ length: 4 }, () => rawExchange(server.tcpPort, connectGet(target.port), { timeoutMs: 5_000 })),
+        );
+        const elapsed = performance.now() - started;
+        const refused = replies.filter((reply) => /^HTTP\/1\.1 504 Gateway Timeout\r\n[\s\S]*did not answer within 1000 ms/.test(reply));
+        assert.ok(refused.length >= 1, `some clients went to the mute agent: ${replies.map((reply) => reply.slice(0, 40)).join(" | ")}`);
+        assert.equal(
+          refused.length + replies.filter((reply) => /hello through the tunnel/.test(reply)).length,
+          4,
+          "every client got an answer",
+        );
+        assert.ok(elapsed < 3_000, `the clients were answered at the deadline, not at their own (${elapsed.toFixed(0)} ms)`);
+        // Penalized, the mute agent gets no tunnel while the good one can take it.
+        for (let i = 0; i < 6; i++)
+          assert.match(await rawExchange(server.tcpPort, connectGet(target.port), { timeoutMs: 3_000 }), /hello through the tunnel/);
+        const metrics = await roleMetrics(server);
+        assert.equal(metrics.get("quic_tunnel_agent_answer_timeouts_total"), refused.length);
+        assert.match(server.log(), /did not answer a CONNECT within 1000 ms; other agents take new tunnels first/);
+      } finally {
+        bad.close();
+      }
+    });
+  }
 });

@@ -21,6 +21,8 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
   #waiters = new Set<() => void>();
   /** Counts {@link roomMade} calls, so that room made during an attempt is not missed. */
   #roomEvents = 0;
+  /** Agents that failed a tunnel lately, with when they may take tunnels first again. */
+  #penalized = new Map<A, number>();
 
   /** Number of connected agents. */
   get size(): number {
@@ -50,8 +52,17 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
     const index = this.#agents.indexOf(agent);
     if (index < 0) return;
     this.#agents.splice(index, 1);
+    this.#penalized.delete(agent);
     if (this.#next > index) this.#next--;
     if (this.#next >= this.#agents.length) this.#next = 0;
+  }
+
+  /**
+   * `agent` failed a tunnel (it did not answer in time): for `ms`, it takes new tunnels only when
+   * no other agent can.
+   */
+  penalize(agent: A, ms: number): void {
+    if (this.#agents.includes(agent)) this.#penalized.set(agent, performance.now() + ms);
   }
 
   /**
@@ -81,11 +92,13 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
 
   async #tryEach(): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
     const errors: Error[] = [];
-    const candidates = this.#agents.length;
-    for (let tried = 0; tried < candidates && this.#agents.length > 0; tried++) {
-      this.#next %= this.#agents.length;
-      const agent = this.#agents[this.#next];
-      this.#next = (this.#next + 1) % this.#agents.length;
+    // Round-robin from #next, agents that failed lately last.
+    const now = performance.now();
+    const order = this.#agents.map((_, i) => this.#agents[(this.#next + i) % this.#agents.length]);
+    this.#next = this.#agents.length > 0 ? (this.#next + 1) % this.#agents.length : 0;
+    const penalized = (agent: A) => (this.#penalized.get(agent) ?? 0) > now;
+    for (const agent of [...order.filter((agent) => !penalized(agent)), ...order.filter(penalized)]) {
+      if (!this.#agents.includes(agent)) continue;
       try {
         return { stream: await agent.openStream(), agent };
       } catch (err) {

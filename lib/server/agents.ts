@@ -21,6 +21,9 @@ import { AgentPool } from "./agent-pool.ts";
  */
 const HELLO_WAIT_MS = 1_000;
 
+/** How long an agent that left a CONNECT unanswered takes new tunnels only when no other agent can. */
+const UNANSWERED_PENALTY_MS = 60_000;
+
 /** Options of {@link Agents}. */
 export interface AgentsOptions {
   log: Logger;
@@ -50,6 +53,7 @@ export class Agents {
   readonly #pool = new AgentPool<QuicConnection, QuicStream>();
   readonly #kinds = new Map<QuicConnection, AgentKind | "unknown">();
   readonly #rejected: Counter;
+  readonly #unanswered: Counter;
   readonly #rejectedLog = new LogThrottle({ limit: 10, windowMs: 10_000 });
   #mixedWarned = false;
 
@@ -58,6 +62,12 @@ export class Agents {
     const { registry } = options;
     this.#rejected = new Counter(registry, "quic_tunnel_agents_rejected_total", "Agent connections refused (certificate, identity).");
     this.#rejected.inc({}, 0);
+    this.#unanswered = new Counter(
+      registry,
+      "quic_tunnel_agent_answer_timeouts_total",
+      "CONNECTs an agent did not answer within --agent-answer-timeout.",
+    );
+    this.#unanswered.inc({}, 0);
     new Gauge(registry, "quic_tunnel_agents_connected", "Agent connections taking tunnels.", () => [[{}, this.#pool.size]]);
     new Gauge(registry, "quic_tunnel_agent_info", "Connected agents by address and certificate subject (value 1).", () =>
       this.#pool.agents.map((agent) => [{ peer: agent.peer, subject: agent.peerSubject }, 1]),
@@ -146,6 +156,23 @@ export class Agents {
   /** Opens a stream on the next agent with room, waiting up to `waitMs` for one. */
   openStream(options: { waitMs: number }): ReturnType<AgentPool<QuicConnection, QuicStream>["openStream"]> {
     return this.#pool.openStream(options);
+  }
+
+  /**
+   * `agent` did not answer a CONNECT within `timeoutMs`: it is counted, logged, and for a minute
+   * takes new tunnels only when no other agent can.
+   */
+  unanswered(agent: QuicConnection, timeoutMs: number): void {
+    this.#unanswered.inc({});
+    this.#pool.penalize(agent, UNANSWERED_PENALTY_MS);
+    this.#options.log.warn(
+      "agent {peer} did not answer a CONNECT within {timeoutMs} ms; other agents take new tunnels first for {penaltyMs} ms",
+      {
+        peer: agent.peer,
+        timeoutMs,
+        penaltyMs: UNANSWERED_PENALTY_MS,
+      },
+    );
   }
 
   /** A tunnel ended: streams waiting for room try again. */

@@ -204,3 +204,31 @@ export function replyAndClose(socket: Duplex, status: number, options: { reason?
   socket.once("end", () => socket.destroy());
   socket.resume();
 }
+
+/**
+ * Resolves true once `stream` has a byte to read (left unread, for the pipe), or false after
+ * `timeoutMs` or when it ends or fails first: the agent's answer to a CONNECT, awaited.
+ */
+export function firstBytes(stream: Duplex, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const finish = (answered: boolean) => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      stream.off("error", onEnd);
+      stream.off("close", onEnd);
+      resolve(answered);
+    };
+    const onData = (chunk: Buffer) => {
+      stream.pause();
+      stream.unshift(chunk);
+      finish(true);
+    };
+    const onEnd = () => finish(false);
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    stream.once("data", onData);
+    stream.once("end", onEnd);
+    stream.once("error", onEnd);
+    stream.once("close", onEnd);
+  });
+}
