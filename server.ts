@@ -10,7 +10,7 @@
  */
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { formatHostPort, type HostPort } from "./lib/hostport.ts";
+import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
@@ -20,7 +20,7 @@ import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
-import { type Frontend, listenTcp, listenUnix } from "./lib/server/frontends.ts";
+import { acceptingAddresses, type Frontend, listenTcp, listenUnix } from "./lib/server/frontends.ts";
 import { HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
 
@@ -119,8 +119,9 @@ try {
 
 // Agents: those the CA signed (and --agent-subject names) take tunnels once they said what kind
 // they are; each learns the client listeners so that it can refuse loops back into them.
-const listeners: HostPort[] = [];
-const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners: () => listeners });
+const frontends: Frontend[] = [];
+const listeners = () => frontends.flatMap((frontend) => (frontend.address ? acceptingAddresses(frontend.address) : []));
+const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners });
 
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
@@ -160,7 +161,6 @@ const onClient = (socket: Duplex) =>
   void serveClient(socket).catch((err) => log.error("client connection failed unexpectedly: {error}", { error: err }));
 
 // Client listeners first, then QUIC: an agent's hello is answered with the listeners it must not dial.
-const frontends: Frontend[] = [];
 try {
   frontends.push(await listenTcp(flags["listen-tcp"], frontendFiles, onClient));
   if (flags["listen-uds"]) frontends.push(await listenUnix(flags["listen-uds"], onClient));
@@ -171,7 +171,6 @@ for (const frontend of frontends) {
   // Accept errors (a full descriptor table) after listening: the listener stays, the client is gone.
   frontend.server.on("error", (err) => log.error("client listener {address}: {error}", { address: frontend.bound, error: err }));
 }
-listeners.push(...frontends.flatMap((frontend) => (frontend.address ? [frontend.address] : [])));
 if (frontendFiles) {
   // The TLS frontend's certificates rotate like the QUIC ones: new client handshakes use them.
   watchCertificates(frontendFiles, { log, registry, onChange: (pems) => frontends[0].setTls?.(pems) });

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import net from "node:net";
+import { networkInterfaces } from "node:os";
 import { describe, test } from "node:test";
 import { pipeBoth } from "../lib/tunnel/pipe.ts";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
@@ -132,6 +133,49 @@ describe("loops back into the server", { skip: SLOW_TRANSPORT }, () => {
     }
     assert.match(agent.log(), /outcome=loop/);
   });
+
+  // Every spelling of "this host" a client can use: the unspecified address (which dials the local
+  // host), shorthands of loopback, and, for a wildcard listener, the host's own other addresses.
+  const external = Object.values(networkInterfaces())
+    .flat()
+    .filter((entry) => entry && !entry.internal && !entry.address.startsWith("fe80:"))
+    .map((entry) => entry as NonNullable<typeof entry>);
+  const listenersAndSpellings: Array<[string, string[]]> = [
+    ["127.0.0.1", []],
+    ["0.0.0.0", external.filter((entry) => entry.family === "IPv4").map((entry) => entry.address)],
+    ["::", external.flatMap((entry) => (entry.family === "IPv4" ? [entry.address, `[::ffff:${entry.address}]`] : [`[${entry.address}]`]))],
+  ];
+  for (const [listenHost, own] of listenersAndSpellings) {
+    const spellings = ["0.0.0.0", "0", "[::]", "[::ffff:0.0.0.0]", "[::ffff:0:0]", "0.0.0.1", "127.1", "127.0.0.2", ...own];
+    test(`a 3,000-head pipeline into a listener on ${listenHost} through ${spellings.join(", ")}: 508 at once, no chain, others served`, async () => {
+      const server = track(await startServer({ tcpHost: listenHost, args: ["--admin-addr", "127.0.0.1:0"] }));
+      const agent = track(await startAgent(server.quicPort, { args: ["--admin-addr", "127.0.0.1:0"] }));
+      let most = 0;
+      let polling = true;
+      const watching = (async () => {
+        // Polled while the pipelines run: a growing chain shows as tunnels open on the server.
+        for (let polls = 0; polling && polls < 2_000; polls++) {
+          most = Math.max(most, (await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? 0);
+        }
+      })();
+      const replies = spellings.map((host) =>
+        rawExchange(server.tcpPort, `CONNECT ${host}:${server.tcpPort} HTTP/1.1\r\n\r\n`.repeat(3_000), { timeoutMs: 10_000 }),
+      );
+      const served = await rawExchange(server.tcpPort, connectGet(target.port));
+      const answers = await Promise.allSettled(replies);
+      polling = false;
+      await watching;
+      assert.match(served, /hello through the tunnel/, "another client is served meanwhile");
+      for (const [i, answer] of answers.entries()) {
+        const what = spellings[i];
+        if (answer.status === "rejected") assert.fail(`${what}: the pipeline was not closed: ${String(answer.reason).slice(0, 300)}`);
+        assert.match(answer.value.slice(0, 300), /^HTTP\/1\.1 508 Loop Detected\r\n/, what);
+      }
+      assert.ok(most <= spellings.length + 1, `at most one tunnel per pipeline, and the served one, were open (${most})`);
+      const loops = (await roleMetrics(agent)).get('quic_tunnel_tunnels_total{outcome="loop"}');
+      assert.equal(loops, spellings.length, "the agent refused each pipeline's first head, and saw no other");
+    });
+  }
 
   test("a chain of nested tunnels through a relay the agent cannot recognise collapses once the client has gone", async () => {
     const server = track(await startServer({ args: ["--admin-addr", "127.0.0.1:0", "--header-timeout", "2s"] }));

@@ -12,6 +12,7 @@ import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { formatHostPort, type HostPort } from "../hostport.ts";
 import { type CertificateFiles, loadPemSet, type PemSet } from "../ops/certificates.ts";
+import { dialAddress, interfaceAddresses } from "../tunnel/address.ts";
 
 /** A listening frontend. */
 export interface Frontend {
@@ -89,4 +90,20 @@ export async function listenUnix(path: string, onClient: (socket: Duplex) => voi
   }
   const server = createNetServer({ allowHalfOpen: true }, onClient);
   return { server, bound: await listening(server, `the Unix socket ${path}`, (done) => server.listen(path, done)) };
+}
+
+/**
+ * The addresses at which `listener` accepts clients, as told to agents so that they refuse loops:
+ * the listener itself and, for a wildcard, every non-loopback address of this host's interfaces
+ * (IPv4 ones for `0.0.0.0`; all for `::`, which accepts IPv4 too). Loopback is left to the agent,
+ * which counts its own as the server's only when the server runs on its machine. Read at every
+ * agent's hello, so that addresses added since the start are included.
+ */
+export function acceptingAddresses(listener: HostPort): HostPort[] {
+  const bound = dialAddress(listener.host);
+  if (bound?.parsed.range() !== "unspecified") return [listener];
+  const hosts = interfaceAddresses()
+    .filter((address) => address.parsed.range() !== "loopback" && (bound.family === 6 || address.family === 4))
+    .map((address) => address.ip);
+  return [listener, ...[...new Set(hosts)].map((host) => ({ host, port: listener.port }))];
 }
