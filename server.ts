@@ -15,12 +15,12 @@ import { startAdmin } from "./lib/ops/admin.ts";
 import { loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
-import { Registry } from "./lib/ops/metrics.ts";
+import { Counter, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
-import { acceptingAddresses, type Frontend, listenTcp, listenUnix } from "./lib/server/frontends.ts";
+import { acceptingAddresses, type Frontend, type HandshakeOptions, listenTcp, listenUnix } from "./lib/server/frontends.ts";
 import { HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
 
@@ -60,7 +60,7 @@ const flags = parseCommandLine(
       kind: "duration",
       value: "dur",
       default: "10s",
-      help: "Time a client has to send its complete CONNECT request head (408 beyond); no agent stream is opened before.",
+      help: "Time a client has to send its complete CONNECT request head (408 beyond); no agent stream is opened before. On the TLS listener the handshake gets as long again first (the connection is closed beyond it).",
     },
     "max-header-bytes": {
       positive: true,
@@ -160,9 +160,25 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
 const onClient = (socket: Duplex) =>
   void serveClient(socket).catch((err) => log.error("client connection failed unexpectedly: {error}", { error: err }));
 
+// A TLS client gets --header-timeout for its handshake (and as much again for its head): one that
+// sends nothing, or part of a ClientHello, is closed then, counted, and named at debug level.
+const handshakeFailures = new Counter(
+  registry,
+  "quic_tunnel_client_handshake_failures_total",
+  "TLS handshakes of clients on the TCP listener that failed (error) or did not finish within --header-timeout (timeout).",
+);
+for (const reason of ["timeout", "error"]) handshakeFailures.inc({ reason }, 0);
+const clientHandshakes: HandshakeOptions = {
+  timeoutMs: flags["header-timeout"],
+  onFailure: ({ reason, error, client }) => {
+    handshakeFailures.inc({ reason });
+    log.debug("TLS client {client} closed: {error}", { client, error, reason });
+  },
+};
+
 // Client listeners first, then QUIC: an agent's hello is answered with the listeners it must not dial.
 try {
-  frontends.push(await listenTcp(flags["listen-tcp"], frontendFiles, onClient));
+  frontends.push(await listenTcp(flags["listen-tcp"], frontendFiles, onClient, clientHandshakes));
   if (flags["listen-uds"]) frontends.push(await listenUnix(flags["listen-uds"], onClient));
 } catch (err) {
   exitWithError("quic-server", err);
