@@ -11,11 +11,11 @@
 import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } from "./lib/agent/connections.ts";
 import { loopReason, type ServerInfo } from "./lib/agent/loop-guard.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
-import { loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
+import { type CertificateWatch, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Histogram, Registry } from "./lib/ops/metrics.ts";
-import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
+import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
 import { AllowList } from "./lib/tunnel/allow.ts";
 import { HttpError, parseConnectTarget, readRequestHead, statusResponse } from "./lib/tunnel/connect.ts";
@@ -53,6 +53,9 @@ const flags = parseCommandLine(
 );
 const log = setupLogging("agent", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
+// SIGHUP reloads the certificate files (as their change does) and never ends the role.
+const certificateWatches: CertificateWatch[] = [];
+onReload(log, certificateWatches);
 
 // Certificates, policy and transport. Loops are refused (508): the unspecified address always,
 // the server's listeners where it says which they are (ours does, the reference's cannot).
@@ -75,7 +78,7 @@ try {
 }
 if (allowList.allowsAll) log.warn("no --allow rules: any host:port this agent can reach is reachable through the tunnel");
 // Rotated certificates apply from the next connection; the open ones keep working.
-watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) });
+certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));
 
 const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log });
 const dialSeconds = new Histogram(

@@ -12,11 +12,11 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
-import { loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
+import { type CertificateWatch, loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Counter, Registry } from "./lib/ops/metrics.ts";
-import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
+import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
@@ -87,6 +87,9 @@ const flags = parseCommandLine(
 );
 const log = setupLogging("server", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
+// SIGHUP reloads the certificate files (as their change does) and never ends the role.
+const certificateWatches: CertificateWatch[] = [];
+onReload(log, certificateWatches);
 
 // Certificates: the QUIC pair with the CA for agents, and the TLS frontend's pair if any.
 const registry = new Registry();
@@ -189,7 +192,7 @@ for (const frontend of frontends) {
 }
 if (frontendFiles) {
   // The TLS frontend's certificates rotate like the QUIC ones: new client handshakes use them.
-  watchCertificates(frontendFiles, { log, registry, onChange: (pems) => frontends[0].setTls?.(pems) });
+  certificateWatches.push(watchCertificates(frontendFiles, { log, registry, onChange: (pems) => frontends[0].setTls?.(pems) }));
 }
 
 // Transport: agents connect over QUIC with mutual TLS.
@@ -202,7 +205,7 @@ quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }
 registerQuicMetrics(registry, () => agents.connections);
 registerQuicServerMetrics(registry, quic);
 reportRefusedInitials(quic, log);
-watchCertificates(tlsFiles, { log, registry, onChange: (pems) => quic.setTls(tlsMaterial(pems)) });
+certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => quic.setTls(tlsMaterial(pems)) }));
 
 // Admin endpoint: ready once an agent is connected.
 const admin = flags["admin-addr"];

@@ -38,7 +38,7 @@ export const COMMON_FLAGS = {
     kind: "duration",
     value: "dur",
     default: "30s",
-    help: "On SIGTERM/SIGINT, let open tunnels finish for this long before closing them.",
+    help: "On SIGTERM/SIGINT, let open tunnels finish for this long before closing them. SIGHUP ends nothing: it reloads the certificate files.",
   },
   "log-format": { kind: "string", value: "text|json", choices: ["text", "json"], default: "text", help: "Log line format on stderr." },
   v: {
