@@ -32,7 +32,7 @@ export const COMMON_FLAGS = {
     kind: "hostport",
     value: "host:port",
     default: "",
-    help: "Serve /healthz, /readyz and /metrics here (off unless set; keep it on loopback or a pod IP: it has no authentication).",
+    help: "Serve /healthz, /readyz and /metrics here (off unless set; keep it on loopback or a pod IP: it has no authentication). Metrics are rendered at most once a second; at most 100 requests a second are answered.",
   },
   "shutdown-grace": {
     kind: "duration",
