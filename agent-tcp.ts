@@ -11,11 +11,11 @@
 import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } from "./lib/agent/connections.ts";
 import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
-import { loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
+import { type CertificateWatch, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Registry } from "./lib/ops/metrics.ts";
-import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
+import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
 import { dial } from "./lib/tunnel/dial.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
@@ -33,6 +33,9 @@ const flags = parseCommandLine(
 );
 const log = setupLogging("agent-tcp", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
+// SIGHUP reloads the certificate files (as their change does) and never ends the role.
+const certificateWatches: CertificateWatch[] = [];
+onReload(log, certificateWatches);
 const upstream = formatHostPort(flags.upstream);
 
 // Certificates and transport.
@@ -52,7 +55,7 @@ try {
   exitWithError("quic-agent-tcp", err);
 }
 // Rotated certificates apply from the next connection; the open ones keep working.
-watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) });
+certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));
 
 const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
 let draining = false;

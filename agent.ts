@@ -1,22 +1,21 @@
 /**
  * quic-agent: dials the tunnel server over QUIC with a client certificate and serves every stream
  * the server opens as an HTTP CONNECT proxy: read the request head, decide on the address the
- * target is dialed at (`--allow`, and never back into the server: 508), dial it, answer `200 OK`,
- * then pipe both ways. Reconnects forever with backoff.
+ * target is dialed at (`--allow`; never back into the server or this host: 508), dial it, answer
+ * `200 OK`, then pipe both ways. Reconnects forever with backoff.
  *
  * Usage: bun run agent.ts --server host:8888 --ca-file ca.crt --cert-file client.crt --cert-key client.key
  *
  * @module
  */
 import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } from "./lib/agent/connections.ts";
-import { leadsToServer, type ServerInfo } from "./lib/agent/loop-guard.ts";
-import { formatHostPort } from "./lib/hostport.ts";
+import { loopReason, type ServerInfo } from "./lib/agent/loop-guard.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
-import { loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
+import { type CertificateWatch, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Histogram, Registry } from "./lib/ops/metrics.ts";
-import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
+import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
 import { AllowList } from "./lib/tunnel/allow.ts";
 import { HttpError, parseConnectTarget, readRequestHead, statusResponse } from "./lib/tunnel/connect.ts";
@@ -34,7 +33,7 @@ const flags = parseCommandLine(
     allow: {
       kind: "list",
       value: "rule",
-      help: "Allowed targets, repeatable: *, name, *.domain, IP or CIDR ([v6/len]), then :port, :p1,p2 or :lo-hi. None: any target. IP rules match the address dialed, in its own family. Targets that are the server's own client listeners get 508 when the server is this program (it tells its agents); the Go reference's server cannot, so exclude its listeners here.",
+      help: "Allowed targets, repeatable: *, name, *.domain, IP or CIDR ([v6/len]), then :port, :p1,p2 or :lo-hi. None: any target. IP rules match the address dialed, in its own family. The unspecified address (0.0.0.0, ::), which dials this host, always gets 508; so do the server's own client listeners, at any address of its host, when the server is this program (it tells its agents); the Go reference's server cannot, so exclude its listeners here.",
     },
     "max-header-bytes": {
       positive: true,
@@ -54,9 +53,12 @@ const flags = parseCommandLine(
 );
 const log = setupLogging("agent", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
+// SIGHUP reloads the certificate files (as their change does) and never ends the role.
+const certificateWatches: CertificateWatch[] = [];
+onReload(log, certificateWatches);
 
-// Certificates, policy and transport. Loops back into the server are refused (508) where the
-// server says which its listeners are: ours does, the reference's cannot.
+// Certificates, policy and transport. Loops are refused (508): the unspecified address always,
+// the server's listeners where it says which they are (ours does, the reference's cannot).
 const registry = new Registry();
 const tlsFiles = {
   ca: { flag: "ca-file", path: flags["ca-file"] },
@@ -76,7 +78,7 @@ try {
 }
 if (allowList.allowsAll) log.warn("no --allow rules: any host:port this agent can reach is reachable through the tunnel");
 // Rotated certificates apply from the next connection; the open ones keep working.
-watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) });
+certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));
 
 const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
 const dialSeconds = new Histogram(
@@ -119,9 +121,8 @@ async function serveConnect(stream: QuicStream, server: ServerInfo): Promise<voi
     if (!verdict.allowed) return tunnel.refuse("denied", 403, verdict.reason);
     // A stream can overtake the server's answer to the hello, which names its listeners.
     await server.announced;
-    if (leadsToServer(verdict.address, target.port, server)) {
-      return tunnel.refuse("loop", 508, `${formatHostPort(target)} is the tunnel server's own client listener`);
-    }
+    const loop = loopReason(verdict.address, target, server);
+    if (loop) return tunnel.refuse("loop", 508, loop);
     tunnel.note({ address: verdict.address.dial });
     const socket = await dial({ host: verdict.address.dial, port: target.port }, { timeoutMs: flags["dial-timeout"] });
     dialSeconds.observe((performance.now() - started) / 1000);

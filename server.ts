@@ -10,17 +10,17 @@
  */
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { formatHostPort, type HostPort } from "./lib/hostport.ts";
+import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
-import { loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
+import { type CertificateWatch, loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
-import { Registry } from "./lib/ops/metrics.ts";
-import { logStrayErrors, onShutdown } from "./lib/ops/process.ts";
+import { Counter, Registry } from "./lib/ops/metrics.ts";
+import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
-import { type Frontend, listenTcp, listenUnix } from "./lib/server/frontends.ts";
+import { acceptingAddresses, type Frontend, type HandshakeOptions, listenTcp, listenUnix } from "./lib/server/frontends.ts";
 import { firstBytes, HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
 import { abort } from "./lib/tunnel/pipe.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
@@ -61,7 +61,7 @@ const flags = parseCommandLine(
       kind: "duration",
       value: "dur",
       default: "10s",
-      help: "Time a client has to send its complete CONNECT request head (408 beyond); no agent stream is opened before.",
+      help: "Time a client has to send its complete CONNECT request head (408 beyond); no agent stream is opened before. On the TLS listener the handshake gets as long again first (the connection is closed beyond it).",
     },
     "max-header-bytes": {
       positive: true,
@@ -95,6 +95,9 @@ const flags = parseCommandLine(
 );
 const log = setupLogging("server", { verbosity: flags.v, format: flags["log-format"], ignored: flags.ignored });
 logStrayErrors(log);
+// SIGHUP reloads the certificate files (as their change does) and never ends the role.
+const certificateWatches: CertificateWatch[] = [];
+onReload(log, certificateWatches);
 
 // Certificates: the QUIC pair with the CA for agents, and the TLS frontend's pair if any.
 const registry = new Registry();
@@ -127,8 +130,9 @@ try {
 
 // Agents: those the CA signed (and --agent-subject names) take tunnels once they said what kind
 // they are; each learns the client listeners so that it can refuse loops back into them.
-const listeners: HostPort[] = [];
-const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners: () => listeners });
+const frontends: Frontend[] = [];
+const listeners = () => frontends.flatMap((frontend) => (frontend.address ? acceptingAddresses(frontend.address) : []));
+const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners });
 
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
@@ -173,10 +177,25 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
 const onClient = (socket: Duplex) =>
   void serveClient(socket).catch((err) => log.error("client connection failed unexpectedly: {error}", { error: err }));
 
+// A TLS client gets --header-timeout for its handshake (and as much again for its head): one that
+// sends nothing, or part of a ClientHello, is closed then, counted, and named at debug level.
+const handshakeFailures = new Counter(
+  registry,
+  "quic_tunnel_client_handshake_failures_total",
+  "TLS handshakes of clients on the TCP listener that failed (error) or did not finish within --header-timeout (timeout).",
+);
+for (const reason of ["timeout", "error"]) handshakeFailures.inc({ reason }, 0);
+const clientHandshakes: HandshakeOptions = {
+  timeoutMs: flags["header-timeout"],
+  onFailure: ({ reason, error, client }) => {
+    handshakeFailures.inc({ reason });
+    log.debug("TLS client {client} closed: {error}", { client, error, reason });
+  },
+};
+
 // Client listeners first, then QUIC: an agent's hello is answered with the listeners it must not dial.
-const frontends: Frontend[] = [];
 try {
-  frontends.push(await listenTcp(flags["listen-tcp"], frontendFiles, onClient));
+  frontends.push(await listenTcp(flags["listen-tcp"], frontendFiles, onClient, clientHandshakes));
   if (flags["listen-uds"]) frontends.push(await listenUnix(flags["listen-uds"], onClient));
 } catch (err) {
   exitWithError("quic-server", err);
@@ -185,10 +204,9 @@ for (const frontend of frontends) {
   // Accept errors (a full descriptor table) after listening: the listener stays, the client is gone.
   frontend.server.on("error", (err) => log.error("client listener {address}: {error}", { address: frontend.bound, error: err }));
 }
-listeners.push(...frontends.flatMap((frontend) => (frontend.address ? [frontend.address] : [])));
 if (frontendFiles) {
   // The TLS frontend's certificates rotate like the QUIC ones: new client handshakes use them.
-  watchCertificates(frontendFiles, { log, registry, onChange: (pems) => frontends[0].setTls?.(pems) });
+  certificateWatches.push(watchCertificates(frontendFiles, { log, registry, onChange: (pems) => frontends[0].setTls?.(pems) }));
 }
 
 // Transport: agents connect over QUIC with mutual TLS.
@@ -201,7 +219,7 @@ quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }
 registerQuicMetrics(registry, () => agents.connections);
 registerQuicServerMetrics(registry, quic);
 reportRefusedInitials(quic, log);
-watchCertificates(tlsFiles, { log, registry, onChange: (pems) => quic.setTls(tlsMaterial(pems)) });
+certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => quic.setTls(tlsMaterial(pems)) }));
 
 // Admin endpoint: ready once an agent is connected.
 const admin = flags["admin-addr"];

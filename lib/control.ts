@@ -25,7 +25,12 @@ export type AgentKind = "connect" | "passthrough";
 /** A control line read from an agent's stream. */
 export type ControlMessage = { type: "hello"; kind: AgentKind } | { type: "goaway" };
 
-const MAX_LINE = 1024;
+/**
+ * Longest control line read. A server on a wildcard listener names every address of its host
+ * (lib/server/frontends.ts), ~50 bytes each: room for a thousand of them, since a line cut short
+ * leaves the agent without any loop refusal.
+ */
+const MAX_LINE = 64 * 1024;
 
 /** Reads one line (without its newline) from `stream`; undefined when it ends, fails or runs long. */
 function readLine(stream: Duplex, timeoutMs: number): Promise<string | undefined> {

@@ -13,6 +13,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { formatHostPort } from "../lib/hostport.ts";
 import type { EngineName } from "../lib/quic/mod.ts";
 import { type DevCertPaths, ensureDevCerts } from "./dev-certs.ts";
 
@@ -151,11 +152,15 @@ export interface ServerProcess extends RoleProcess {
   quicPort: number;
 }
 
-/** Starts server.ts on loopback with free ports (or `ports`) and waits until it listens. */
+/**
+ * Starts server.ts with free ports (or `tcpPort`/`quicPort`) and waits until it listens; its TCP
+ * listener is on loopback unless `tcpHost` names another address (`0.0.0.0`, `::`).
+ */
 export async function startServer(
   options: {
     certs?: DevCertPaths;
     args?: string[];
+    tcpHost?: string;
     tcpPort?: number;
     quicPort?: number;
     quicHost?: string;
@@ -169,7 +174,7 @@ export async function startServer(
     "server.ts",
     [
       "--listen-tcp",
-      `127.0.0.1:${options.tcpPort ?? 0}`,
+      formatHostPort({ host: options.tcpHost ?? "127.0.0.1", port: options.tcpPort ?? 0 }),
       "--listen-quic",
       `${options.quicHost ?? "127.0.0.1"}:${options.quicPort ?? 0}`,
       ...serverTlsArgs(certs),
@@ -177,7 +182,7 @@ export async function startServer(
     ],
     { netns: options.netns, runtime: options.runtime, engine: options.engine },
   );
-  const match = await proc.waitFor(/server started, tcp=127\.0\.0\.1:(\d+) quic=\S+:(\d+)/);
+  const match = await proc.waitFor(/server started, tcp=\S+:(\d+) quic=\S+:(\d+)/);
   return Object.assign(proc, { tcpPort: Number(match[1]), quicPort: Number(match[2]) });
 }
 

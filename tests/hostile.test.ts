@@ -4,7 +4,10 @@
  * the agent decides on the address it dials; the tunnel never loops into the server itself.
  */
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
 import net from "node:net";
+import { networkInterfaces, tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 import { loadEngine } from "../lib/quic/mod.ts";
 import { pipeBoth } from "../lib/tunnel/pipe.ts";
@@ -14,6 +17,7 @@ import {
   foreignCerts,
   rawExchange,
   roleMetrics,
+  run,
   SLOW_TRANSPORT,
   scratchCerts,
   serverTlsArgs,
@@ -80,6 +84,63 @@ describe("clients that say nothing, or nothing that is HTTP", { skip: SLOW_TRANS
     assert.equal(serverMetrics.get('quic_tunnel_tunnels_total{outcome="timeout"}'), 300);
   });
 
+  test("300 silent TLS clients, some with part of a ClientHello or trickling one, and 50 silent Unix socket clients are closed at --header-timeout; curl is served meanwhile", async () => {
+    const certs = scratchCerts();
+    const path = join(mkdtempSync(join(tmpdir(), "quic-tunnel-silent-")), "proxy.sock");
+    const server = track(
+      await startServer({
+        args: [
+          ...["--tcp-cert-file", certs.serverCert, "--tcp-cert-key", certs.serverKey, "--listen-uds", path],
+          ...["--header-timeout", "1s", "--admin-addr", "127.0.0.1:0"],
+        ],
+      }),
+    );
+    track(await startAgent(server.quicPort));
+    const started = performance.now();
+    const tls = await silentClients(server.tcpPort, 300);
+    // A third say nothing, a third send a record header and the start of a ClientHello that
+    // promise bytes which never come, a third trickle those bytes, one every 100 ms.
+    const hello = Buffer.from("1603010200010001fc0303", "hex");
+    for (const [i, socket] of tls.entries()) if (i % 3 === 1) socket.write(hello);
+    const trickling = tls.filter((_, i) => i % 3 === 2);
+    let sent = 0;
+    const drip = setInterval(() => {
+      for (const socket of trickling) if (!socket.destroyed) socket.write(hello.subarray(sent, sent + 1));
+      sent = (sent + 1) % hello.length;
+    }, 100);
+    const unix = await Promise.all(
+      Array.from(
+        { length: 50 },
+        () =>
+          new Promise<net.Socket>((resolve, reject) => {
+            const socket = net.connect(path, () => resolve(socket));
+            socket.once("error", reject);
+          }),
+      ),
+    );
+    const closedAt: number[] = [];
+    const unixReplies = unix.map((socket) => whenClosed(socket));
+    for (const socket of [...tls, ...unix]) socket.once("close", () => closedAt.push(performance.now() - started));
+    const curl = await run("curl", [
+      ...["-p", "--proxy", `https://localhost:${server.tcpPort}`, "--proxy-cacert", certs.ca, "-sS", "--max-time", "10"],
+      `http://127.0.0.1:${target.port}/`,
+    ]);
+    assert.equal(curl.stdout.toString(), "hello through the tunnel\n", `curl is served while 350 wait: ${curl.stderr}`);
+    await until(
+      () => closedAt.length === 350,
+      () => `all 350 silent clients to be closed (${closedAt.length} are)`,
+      { timeoutMs: 6_000 },
+    ).finally(() => clearInterval(drip));
+    const first = Math.min(...closedAt);
+    const last = Math.max(...closedAt);
+    assert.ok(first >= 900, `none is closed before its second is up (first after ${Math.round(first)} ms)`);
+    assert.ok(last <= 3_500, `all are closed shortly after it (last after ${Math.round(last)} ms)`);
+    for (const reply of await Promise.all(unixReplies)) assert.match(reply, /^HTTP\/1\.1 408 Request Timeout\r\n/);
+    const metrics = await roleMetrics(server);
+    assert.equal(metrics.get('quic_tunnel_client_handshake_failures_total{reason="timeout"}'), 300);
+    assert.equal(metrics.get('quic_tunnel_tunnels_total{outcome="timeout"}'), 50, "the Unix socket's clients got 408");
+  });
+
   test("a TLS ClientHello, or a line of garbage, is answered 400 at once", async () => {
     const server = track(await startServer());
     track(await startAgent(server.quicPort));
@@ -134,6 +195,49 @@ describe("loops back into the server", { skip: SLOW_TRANSPORT }, () => {
     }
     assert.match(agent.log(), /outcome=loop/);
   });
+
+  // Every spelling of "this host" a client can use: the unspecified address (which dials the local
+  // host), shorthands of loopback, and, for a wildcard listener, the host's own other addresses.
+  const external = Object.values(networkInterfaces())
+    .flat()
+    .filter((entry) => entry && !entry.internal && !entry.address.startsWith("fe80:"))
+    .map((entry) => entry as NonNullable<typeof entry>);
+  const listenersAndSpellings: Array<[string, string[]]> = [
+    ["127.0.0.1", []],
+    ["0.0.0.0", external.filter((entry) => entry.family === "IPv4").map((entry) => entry.address)],
+    ["::", external.flatMap((entry) => (entry.family === "IPv4" ? [entry.address, `[::ffff:${entry.address}]`] : [`[${entry.address}]`]))],
+  ];
+  for (const [listenHost, own] of listenersAndSpellings) {
+    const spellings = ["0.0.0.0", "0", "[::]", "[::ffff:0.0.0.0]", "[::ffff:0:0]", "0.0.0.1", "127.1", "127.0.0.2", ...own];
+    test(`a 3,000-head pipeline into a listener on ${listenHost} through ${spellings.join(", ")}: 508 at once, no chain, others served`, async () => {
+      const server = track(await startServer({ tcpHost: listenHost, args: ["--admin-addr", "127.0.0.1:0"] }));
+      const agent = track(await startAgent(server.quicPort, { args: ["--admin-addr", "127.0.0.1:0"] }));
+      let most = 0;
+      let polling = true;
+      const watching = (async () => {
+        // Polled while the pipelines run: a growing chain shows as tunnels open on the server.
+        for (let polls = 0; polling && polls < 2_000; polls++) {
+          most = Math.max(most, (await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? 0);
+        }
+      })();
+      const replies = spellings.map((host) =>
+        rawExchange(server.tcpPort, `CONNECT ${host}:${server.tcpPort} HTTP/1.1\r\n\r\n`.repeat(3_000), { timeoutMs: 10_000 }),
+      );
+      const served = await rawExchange(server.tcpPort, connectGet(target.port));
+      const answers = await Promise.allSettled(replies);
+      polling = false;
+      await watching;
+      assert.match(served, /hello through the tunnel/, "another client is served meanwhile");
+      for (const [i, answer] of answers.entries()) {
+        const what = spellings[i];
+        if (answer.status === "rejected") assert.fail(`${what}: the pipeline was not closed: ${String(answer.reason).slice(0, 300)}`);
+        assert.match(answer.value.slice(0, 300), /^HTTP\/1\.1 508 Loop Detected\r\n/, what);
+      }
+      assert.ok(most <= spellings.length + 1, `at most one tunnel per pipeline, and the served one, were open (${most})`);
+      const loops = (await roleMetrics(agent)).get('quic_tunnel_tunnels_total{outcome="loop"}');
+      assert.equal(loops, spellings.length, "the agent refused each pipeline's first head, and saw no other");
+    });
+  }
 
   test("a chain of nested tunnels through a relay the agent cannot recognise collapses once the client has gone", async () => {
     const server = track(await startServer({ args: ["--admin-addr", "127.0.0.1:0", "--header-timeout", "2s"] }));

@@ -1,26 +1,25 @@
 /**
  * Refusing a CONNECT back into the tunnel server itself (508 Loop Detected). Without it, one client
  * can send a pipeline of `CONNECT <server's listener>` heads and make the tunnel open tunnels to
- * itself, each carrying the rest of the pipeline inward. Our server tells our agents its client
- * listeners (lib/control.ts); a wildcard listener is reached at the server's own address as this
- * agent sees it, and at any address of this machine when the server runs here too.
+ * itself, each carrying the rest of the pipeline inward, until the server's tunnel limit is taken.
+ *
+ * Two kinds of target are loops:
+ * - the unspecified address (`0.0.0.0`, `0`, `::`, `::ffff:0.0.0.0`, all of 0.0.0.0/8): never a
+ *   destination, the kernel dials it as this host, so whatever listens here answers; refused always,
+ *   whichever server this agent serves;
+ * - the server's own client listeners, which our server tells our agents (lib/control.ts): a specific
+ *   address by itself; a wildcard one also at every address of the server's host (it announces
+ *   them), at the server's address as this agent sees it, and at any address of this machine,
+ *   loopback included, when the server runs here too.
  *
  * @module
  */
-import { networkInterfaces } from "node:os";
-import type { HostPort } from "../hostport.ts";
-import { type DialAddress, dialAddress } from "../tunnel/address.ts";
+import { formatHostPort, type HostPort } from "../hostport.ts";
+import { type DialAddress, dialAddress, interfaceAddresses } from "../tunnel/address.ts";
 
 /** The addresses of this machine's interfaces, loopback included. */
 function localAddresses(): Set<string> {
-  const addresses = new Set(["127.0.0.1", "::1"]);
-  for (const entries of Object.values(networkInterfaces())) {
-    for (const entry of entries ?? []) {
-      const address = dialAddress(entry.address);
-      if (address) addresses.add(address.ip);
-    }
-  }
-  return addresses;
+  return new Set(["127.0.0.1", "::1", ...interfaceAddresses().map((address) => address.ip)]);
 }
 
 function isLocal(address: DialAddress, local: Set<string>): boolean {
@@ -54,4 +53,18 @@ export function leadsToServer(address: DialAddress, port: number, server: Pick<S
     if (wildcard && serverAddress?.ip === address.ip) return true;
     return serverIsLocal && (wildcard || bound.parsed.range() === "loopback") && isLocal(address, local);
   });
+}
+
+/**
+ * Why dialing `address` (the target `target` as resolved) would loop back into this host or the
+ * tunnel server, for the 508 answer; undefined when it would not.
+ */
+export function loopReason(address: DialAddress, target: HostPort, server: Pick<ServerInfo, "listeners" | "host">): string | undefined {
+  const named = formatHostPort(target);
+  const as = address.ip === target.host ? "" : ` (${address.ip})`;
+  if (address.parsed.range() === "unspecified") {
+    return `${named}${as} is an unspecified address (0.0.0.0/8, ::), which is dialed as this host itself`;
+  }
+  if (leadsToServer(address, target.port, server)) return `${named}${as} is the tunnel server's own client listener`;
+  return undefined;
 }

@@ -100,27 +100,17 @@ export function validityProblem(certificate: X509Certificate, now = Date.now()):
 }
 
 /**
- * Polls `paths` (so that renames and symlink swaps, as Kubernetes secret updates do, are seen) and,
- * when any changed, calls `onChange` with what `load` makes of them, or `onError` when that throws
- * (the caller keeps what it has). Returns a function that stops watching.
+ * Polls `paths` (so that renames and symlink swaps, as Kubernetes secret updates do, are seen) and
+ * calls `onSettled` once they have stopped changing. Returns a function that stops watching.
  */
-function watchFiles<T>(
-  paths: string[],
-  handlers: { load: () => T; onChange: (loaded: T) => void; onError: (err: Error) => void; intervalMs?: number },
-): () => void {
+function watchFiles(paths: string[], onSettled: () => void, intervalMs = 1000): () => void {
   let pending: ReturnType<typeof setTimeout> | undefined;
   const changed = () => {
     // Files of one rotation change within moments of each other: load once they settle.
     clearTimeout(pending);
-    pending = setTimeout(() => {
-      try {
-        handlers.onChange(handlers.load());
-      } catch (err) {
-        handlers.onError(err as Error);
-      }
-    }, 200);
+    pending = setTimeout(onSettled, 200);
   };
-  for (const path of paths) watchFile(path, { interval: handlers.intervalMs ?? 1000 }, changed);
+  for (const path of paths) watchFile(path, { interval: intervalMs }, changed);
   return () => {
     clearTimeout(pending);
     for (const path of paths) unwatchFile(path, changed);
@@ -164,31 +154,42 @@ function warnValidity(log: Logger, files: CertificateFiles, pems: PemSet): void 
   }
 }
 
+/** What {@link watchCertificates} returns. */
+export interface CertificateWatch {
+  /** Loads the files now, as a change does (SIGHUP); the log names `cause`. */
+  reload(cause: string): void;
+  /** Stops watching. */
+  stop(): void;
+}
+
 /**
  * Checks the files' validity now (warning about expired, not yet valid, or soon expiring ones),
  * exports their expiry, and watches them: a changed set that loads and checks is handed to
- * `onChange`; a broken one is logged and the previous one kept.
+ * `onChange`; a broken one, or one `onChange` refuses by throwing, is logged and the previous one
+ * kept. {@link CertificateWatch.reload} does the same at once.
  */
 export function watchCertificates(
   files: CertificateFiles,
   handlers: { log: Logger; registry: Registry; onChange: (pems: PemSet) => void },
-): () => void {
+): CertificateWatch {
   const { log, registry } = handlers;
   const pems = loadPemSet(files);
   trackExpiry(registry, files, pems);
   warnValidity(log, files, pems);
   const flags = [files.cert, files.key, files.ca].flatMap((file) => (file ? [`--${file.flag}`] : [])).join(", ");
-  return watchFiles([files.cert.path, files.key.path, ...(files.ca ? [files.ca.path] : [])], {
-    load: () => {
+  const load = (cause?: string) => {
+    try {
       const fresh = loadPemSet(files);
       trackExpiry(registry, files, fresh);
       warnValidity(log, files, fresh);
-      return fresh;
-    },
-    onChange: (fresh) => {
       handlers.onChange(fresh);
-      log.info("certificate files changed ({flags}); new handshakes use them", { flags });
-    },
-    onError: (err) => log.error("certificate reload failed, keeping the previous certificates: {error}", { error: err }),
-  });
+    } catch (err) {
+      log.error("certificate reload failed, keeping the previous certificates: {error}", { error: err, cause });
+      return;
+    }
+    if (cause) log.info("certificate files reloaded on {cause} ({flags}); new handshakes use them", { cause, flags });
+    else log.info("certificate files changed ({flags}); new handshakes use them", { flags });
+  };
+  const stop = watchFiles([files.cert.path, files.key.path, ...(files.ca ? [files.ca.path] : [])], () => load());
+  return { reload: load, stop };
 }

@@ -38,13 +38,13 @@ export const COMMON_FLAGS = {
     kind: "hostport",
     value: "host:port",
     default: "",
-    help: "Serve /healthz, /readyz and /metrics here (off unless set; keep it on loopback or a pod IP: it has no authentication).",
+    help: "Serve /healthz, /readyz and /metrics here (off unless set; keep it on loopback or a pod IP: it has no authentication). Metrics are rendered at most once a second; at most 100 requests a second are answered.",
   },
   "shutdown-grace": {
     kind: "duration",
     value: "dur",
     default: "30s",
-    help: "On SIGTERM/SIGINT, let open tunnels finish for this long before closing them.",
+    help: "On SIGTERM/SIGINT, let open tunnels finish for this long before closing them. SIGHUP ends nothing: it reloads the certificate files.",
   },
   "log-format": { kind: "string", value: "text|json", choices: ["text", "json"], default: "text", help: "Log line format on stderr." },
   v: {

@@ -1,10 +1,11 @@
 /**
  * The process around a role: graceful shutdown on SIGTERM/SIGINT (the first signal runs the role's
  * drain: stop accepting, let tunnels finish up to the grace period, close; a second exits at once),
- * and a last word in the log for errors that escaped every handler.
+ * certificates reloaded on SIGHUP, and a last word in the log for errors that escaped every handler.
  *
  * @module
  */
+import type { CertificateWatch } from "./certificates.ts";
 import type { Logger } from "./log.ts";
 
 /** Installs the handlers; `drain` receives the grace period in ms. */
@@ -41,5 +42,18 @@ export function logStrayErrors(log: Logger): void {
   process.on("uncaughtException", (err) => {
     log.fatal("uncaught exception, exiting: {error}", { error: err, stack: err.stack });
     process.exit(70);
+  });
+}
+
+/**
+ * Reloads `watches` on SIGHUP, the conventional reload signal, which is also what a process gets
+ * when its terminal goes away: by default it would end the role and every tunnel. Installed before
+ * the certificates are watched, so that a SIGHUP during start ends nothing either; `watches` may
+ * grow afterwards. Each reload logs its outcome.
+ */
+export function onReload(log: Logger, watches: readonly CertificateWatch[]): void {
+  process.on("SIGHUP", () => {
+    if (watches.length === 0) log.info("received SIGHUP before the certificates were loaded; nothing to reload");
+    for (const watch of watches) watch.reload("SIGHUP");
   });
 }

@@ -54,7 +54,7 @@ export function registerQuicServerMetrics(registry: Registry, server: QuicServer
   new Counter(
     registry,
     "quic_tunnel_quic_initials_refused_total",
-    "QUIC Initial packets dropped before a handshake began, by reason (invalid_token, handshake_limit, address_limit, ...).",
+    "QUIC long-header packets that began no handshake, by reason (invalid_token, handshake_limit, address_limit, ...; quiche engine: unsupported_version answered with Version Negotiation, short_unsupported_version and version_negotiation dropped).",
     () => Object.entries(server.stats().refused).map(([reason, count]) => [{ reason }, count]),
   );
 }

@@ -11,6 +11,7 @@
  */
 import { lookup as dnsLookup } from "node:dns/promises";
 import { isIP } from "node:net";
+import { networkInterfaces } from "node:os";
 import ipaddr from "ipaddr.js";
 
 /** An IP as dialed. */
@@ -58,4 +59,12 @@ export async function resolveTarget(host: string, resolve: Resolve = systemResol
   const addresses = (await resolve(host)).map(dialAddress).filter((address) => address !== undefined);
   if (addresses.length === 0) throw Object.assign(new Error(`${host} resolves to no address`), { code: "ENOTFOUND" });
   return addresses;
+}
+
+/** The IPs of this machine's network interfaces, loopback included, in dialed form. */
+export function interfaceAddresses(): DialAddress[] {
+  return Object.values(networkInterfaces())
+    .flatMap((entries) => entries ?? [])
+    .map((entry) => dialAddress(entry.address))
+    .filter((address) => address !== undefined);
 }

@@ -95,7 +95,7 @@ test("watched certificates: expiry as a metric, a rotation applied, a broken one
   // fs.watchFile polls a path with one poller, whichever caller asked first (Node, Bun, Deno): the
   // test starts them, at the watcher's own interval, so it sees the polls the watcher will see.
   const pollers = await Promise.all(Object.values(files(dir)).map(({ path }) => startPoller(path)));
-  const stop = watchCertificates(files(dir), { log, registry, onChange: () => seen.push("change") });
+  const watch = watchCertificates(files(dir), { log, registry, onChange: () => seen.push("change") });
   const expiry = Date.parse(new X509Certificate(readFileSync(join(dir, "client.crt"))).validTo) / 1000;
   assert.ok(
     registry
@@ -117,8 +117,39 @@ test("watched certificates: expiry as a metric, a rotation applied, a broken one
     await reloaded(2);
     assert.match(logged[1], /^error: certificate reload failed, keeping the previous certificates/);
   } finally {
-    stop();
+    watch.stop();
     for (const unwatch of pollers) unwatch();
   }
   assert.deepEqual(seen, ["change"], "the mismatched key was not applied");
+});
+
+test("reload (SIGHUP) applies the files at once, before any poll could, and refuses a broken set naming its cause", () => {
+  const dir = copyCerts();
+  const registry = new Registry();
+  const logged: string[] = [];
+  const base = getLogger(["quic-tunnel", "test"]);
+  const log: Logger = Object.assign(Object.create(base), {
+    info: (message: string, properties: Record<string, unknown>) => logged.push(`info: ${message} ${JSON.stringify(properties)}`),
+    error: (message: string, properties: Record<string, unknown>) => logged.push(`error: ${message} ${JSON.stringify(properties)}`),
+  });
+  const seen: Buffer[] = [];
+  const watch = watchCertificates(files(dir), { log, registry, onChange: (pems) => seen.push(pems.cert) });
+  try {
+    const rotated = foreignCerts();
+    copyFileSync(rotated.clientCert, join(dir, "client.crt"));
+    copyFileSync(rotated.clientKey, join(dir, "client.key"));
+    // Synchronous: no poll (a timer) can have run in between.
+    watch.reload("SIGHUP");
+    assert.deepEqual(seen, [readFileSync(rotated.clientCert)], "the new certificate was handed on at once");
+    assert.match(
+      logged[0],
+      /^info: certificate files reloaded on \{cause\} \(\{flags\}\)[^{]*\{"cause":"SIGHUP","flags":"--cert-file, --cert-key, --ca-file"\}/,
+    );
+    copyFileSync(scratchCerts().clientKey, join(dir, "client.key"));
+    watch.reload("SIGHUP");
+    assert.equal(seen.length, 1, "a key that is not the certificate's is not applied");
+    assert.match(logged[1], /^error: certificate reload failed, keeping the previous certificates: .*"cause":"SIGHUP"/);
+  } finally {
+    watch.stop();
+  }
 });

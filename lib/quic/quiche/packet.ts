@@ -1,7 +1,9 @@
 /**
- * Reading QUIC packet headers in JavaScript (RFC 9000 section 17), for the two places that look at
- * packets before quiche does: the server's routing of every datagram (a stranger's flood must cost
- * as little as possible per packet) and the client's check that the server confirmed the handshake.
+ * Reading QUIC packet headers in JavaScript, for the two places that look at packets before quiche
+ * does: the server's routing of every datagram (a stranger's flood must cost as little as possible
+ * per packet), which reads only the version-independent invariants (RFC 8999) until it knows the
+ * version is one it speaks, then version 1's fields (RFC 9000 section 17); and the client's check
+ * that the server confirmed the handshake.
  *
  * @module
  */
@@ -29,7 +31,45 @@ function readVarint(data: Uint8Array, at: number): [value: number, next: number]
   return [value, at + length];
 }
 
-/** Parses the long header at the start of `data`; undefined when it is not one or is cut short. */
+/**
+ * The fields every version of QUIC keeps in a long header (RFC 8999 section 5.1): the version and
+ * connection IDs of up to 255 bytes. Nothing after them is read: its layout is the version's own.
+ */
+export interface InvariantHeader {
+  version: number;
+  dcid: Uint8Array;
+  scid: Uint8Array;
+}
+
+/** Reads the invariant fields of the long header at the start of `data`; undefined when it is not one or is cut short. */
+export function parseInvariantHeader(data: Uint8Array): InvariantHeader | undefined {
+  if (data.length < 7 || (data[0] & 0x80) === 0) return undefined;
+  const version = ((data[1] << 24) | (data[2] << 16) | (data[3] << 8) | data[4]) >>> 0;
+  const dcidEnd = 6 + data[5];
+  if (dcidEnd >= data.length) return undefined;
+  const scidEnd = dcidEnd + 1 + data[dcidEnd];
+  if (scidEnd > data.length) return undefined;
+  return { version, dcid: data.subarray(6, dcidEnd), scid: data.subarray(dcidEnd + 1, scidEnd) };
+}
+
+/** The smallest datagram a server answers with Version Negotiation (RFC 9000 sections 5.2.2 and 14.1). */
+export const MIN_NEGOTIATION_DATAGRAM = 1200;
+
+/**
+ * What a server does with a datagram whose first packet has a long header, by the invariants alone:
+ * `negotiate` (send Version Negotiation: a version this server does not speak, in a datagram of at
+ * least 1,200 bytes), `drop` (a Version Negotiation packet, which is never answered; a smaller
+ * datagram of another version, which must not be; not a long header at all), or `speak` (a version
+ * it speaks: its own parser reads on).
+ */
+export function versionAction(datagram: Uint8Array, speaks: (version: number) => boolean): "negotiate" | "drop" | "speak" {
+  const header = parseInvariantHeader(datagram);
+  if (header === undefined || header.version === 0) return "drop";
+  if (speaks(header.version)) return "speak";
+  return datagram.length >= MIN_NEGOTIATION_DATAGRAM ? "negotiate" : "drop";
+}
+
+/** Parses the version 1 long header at the start of `data`; undefined when it is not one or is cut short. */
 export function parseLongHeader(data: Uint8Array): LongHeader | undefined {
   if (data.length < 7 || (data[0] & 0x80) === 0) return undefined;
   const version = ((data[1] << 24) | (data[2] << 16) | (data[3] << 8) | data[4]) >>> 0;

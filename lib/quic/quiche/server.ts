@@ -18,13 +18,24 @@ import { type Config, type Connection, quiche } from "./binding.ts";
 import { buildConfig } from "./config.ts";
 import { type PathInfo, QuicheConnection } from "./connection.ts";
 import { bindDatagramSocket, type DatagramSocket, type DatagramSource, MAX_DATAGRAM } from "./datagram.ts";
-import { PacketType, parseLongHeader } from "./packet.ts";
+import { PacketType, parseInvariantHeader, parseLongHeader, versionAction } from "./packet.ts";
 import { RetryTokens } from "./retry-token.ts";
 
 const CID_LENGTH = 20;
 
-/** Why an Initial was dropped without a connection; the keys of {@link ServerStats.refused}. */
-type Refusal = AdmissionRefusal | "short_initial" | "invalid_token" | "accept_failed";
+/**
+ * Why a long-header packet got no connection, the keys of {@link ServerStats.refused}: an Initial
+ * refused, or a packet of a version this server does not speak (answered with Version Negotiation,
+ * or dropped: too small to answer, or a Version Negotiation packet itself).
+ */
+type Refusal =
+  | AdmissionRefusal
+  | "short_initial"
+  | "invalid_token"
+  | "accept_failed"
+  | "unsupported_version"
+  | "short_unsupported_version"
+  | "version_negotiation";
 
 /** The server endpoint; see {@link QuicServer}. */
 export class QuicheServer extends EventEmitter<ServerEvents> implements QuicServer {
@@ -41,6 +52,9 @@ export class QuicheServer extends EventEmitter<ServerEvents> implements QuicServ
     handshake_limit: 0,
     address_limit: 0,
     accept_failed: 0,
+    unsupported_version: 0,
+    short_unsupported_version: 0,
+    version_negotiation: 0,
   };
   readonly #sendBuffer = Buffer.allocUnsafe(MAX_DATAGRAM);
 
@@ -87,20 +101,29 @@ export class QuicheServer extends EventEmitter<ServerEvents> implements QuicServ
       return;
     }
     // Parsed here rather than by quiche: a flood of Initials must cost as little as possible each.
-    const header = parseLongHeader(datagram);
-    if (header === undefined) return;
+    // First only what every QUIC version shares: the rest of a packet of another version is not
+    // laid out as version 1's, so whether it is answered must not depend on those bytes.
+    const invariant = parseInvariantHeader(datagram);
+    if (invariant === undefined) return;
     // The destination connection ID starts at byte 6 of a long header.
-    const existing = this.#connections.get(datagram.toString("hex", 6, 6 + header.dcid.length));
+    const existing = this.#connections.get(datagram.toString("hex", 6, 6 + invariant.dcid.length));
     if (existing) {
       existing.receive(datagram, path);
       return;
     }
-    if (header.type !== PacketType.Initial) return;
-    if (!quiche.versionIsSupported(header.version)) {
-      const length = quiche.negotiateVersion(header.scid, header.dcid, this.#sendBuffer);
+    const action = versionAction(datagram, quiche.versionIsSupported);
+    if (action === "negotiate") {
+      const length = quiche.negotiateVersion(invariant.scid, invariant.dcid, this.#sendBuffer);
       this.#socket.sendTo(this.#sendBuffer.subarray(0, length), source.address, source.port);
+      this.#refuse("unsupported_version");
       return;
     }
+    if (action === "drop") {
+      this.#refuse(invariant.version === 0 ? "version_negotiation" : "short_unsupported_version");
+      return;
+    }
+    const header = parseLongHeader(datagram);
+    if (header === undefined || header.type !== PacketType.Initial) return;
     if (datagram.length < quiche.MIN_CLIENT_INITIAL_LEN) {
       this.#refuse("short_initial");
       return;
