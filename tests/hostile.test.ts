@@ -363,8 +363,11 @@ describe("agents that do not answer", { skip: SLOW_TRANSPORT }, () => {
         // Penalized, the mute agent gets no tunnel while the good one can take it.
         for (let i = 0; i < 6; i++)
           assert.match(await rawExchange(server.tcpPort, connectGet(target.port), { timeoutMs: 3_000 }), /hello through the tunnel/);
-        const metrics = await roleMetrics(server);
-        assert.equal(metrics.get("quic_tunnel_agent_answer_timeouts_total"), refused.length);
+        // /metrics is rendered at most once a second: wait for a fresh one.
+        await until(
+          async () => (await roleMetrics(server)).get("quic_tunnel_agent_answer_timeouts_total") === refused.length,
+          `the server to count ${refused.length} unanswered CONNECTs`,
+        );
         assert.match(server.log(), /did not answer a CONNECT within 1000 ms; other agents take new tunnels first/);
       } finally {
         bad.close();
