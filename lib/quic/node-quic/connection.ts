@@ -12,8 +12,12 @@ import { bunSession } from "./bun.ts";
 import { NodeQuicStream, type StreamOwner } from "./stream.ts";
 
 const NS_PER_MS = 1_000_000;
-/** How long a new stream waits for the peer's stream credit before it counts as a limit reached. */
-const CREDIT_WAIT_MS = 1000;
+/**
+ * How long a new stream waits for the peer's stream credit before it counts as a limit reached: the
+ * server then tries the agent's next connection, so a long wait on each (lsquic returns credit in
+ * late batches after many streams ended) would add up.
+ */
+const CREDIT_WAIT_MS = 200;
 /** How long a session whose streams ended without FINs gets to report its own close. */
 const LOST_SESSION_GRACE_MS = 1000;
 
