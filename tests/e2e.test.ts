@@ -208,7 +208,7 @@ for (const engine of ENGINES) {
       socket.destroy();
       if (engine === "quiche") assert.equal(ending, "", `the tunnel ended (${ending}) after ${received()} bytes`);
       else assert.notEqual(ending, "clean end");
-      // node:quic holds up to a quarter of --max-buffered (16 MiB of the default 64 MiB) for a slow reader before the reset.
+      // node:quic holds up to half of --max-buffered (32 MiB of the default 64 MiB) for a slow reader before the reset.
       const bound = engine === "quiche" ? 48 : 80;
       assert.ok(peak - baseline < bound, `server RSS grew ${Math.round(peak - baseline)} MB (baseline ${Math.round(baseline)} MB)`);
     });

@@ -86,7 +86,8 @@ function busyNode(seconds: number): { stop(): void } {
   );
   return {
     stop: () => {
-      for (const spinner of spinners) spinner.kill("SIGKILL");
+      // SIGTERM, which timeout(1) passes on to its spinner; a SIGKILL would end timeout alone.
+      for (const spinner of spinners) spinner.kill("SIGTERM");
     },
   };
 }

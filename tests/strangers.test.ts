@@ -116,7 +116,9 @@ for (const engine of ENGINES) {
         assert.equal(result.code, 0, result.stderr);
         assert.equal(sha256(result.stdout), expectedSha256(32), summary);
         assert.doesNotMatch(agent.log(), /connection to server .* lost/, `the agent stayed connected: ${summary}`);
-        assert.doesNotMatch(server.log(), /rejected agent .*\n(.*rejected agent.*\n){20}/, "rejections are not logged one line each");
+        // Ten lines per 10 s window and a count of the rest, however long the flood lasts.
+        const rejectionLines = server.log().match(/rejected agent/g)?.length ?? 0;
+        assert.ok(rejectionLines < 60, `rejections are not logged one line each: ${rejectionLines} lines`);
       });
     }
   });

@@ -46,10 +46,10 @@ export class BufferBudget {
   /** Tunnels ended by this budget so far. */
   aborted = 0;
 
-  /** `limit` bytes for the whole process (0: no limit); one tunnel may hold a quarter of it. */
+  /** `limit` bytes for the whole process (0: no limit); one tunnel may hold half of it. */
   constructor(limit: number) {
     this.#limit = limit;
-    this.#share = Math.floor(limit / 4);
+    this.#share = Math.floor(limit / 2);
   }
 
   /** The budget in bytes (0: none). */
@@ -90,7 +90,7 @@ export class BufferBudget {
       this.aborted++;
       const why =
         bytes > this.#share
-          ? `${bytes} bytes wait for a reader that does not keep up, over one tunnel's share (a quarter of --max-buffered ${this.#limit})`
+          ? `${bytes} bytes wait for a reader that does not keep up, over one tunnel's share (half of --max-buffered ${this.#limit})`
           : `${bytes} bytes wait for a reader that does not keep up, and stalled tunnels hold more than --max-buffered ${this.#limit}`;
       stall.abort(new BufferBudgetError(why));
     }

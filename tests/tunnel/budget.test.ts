@@ -23,18 +23,18 @@ test("stalls within the budget and their share are left alone", () => {
   assert.equal(budget.aborted, 0);
 });
 
-test("one stall over a quarter of the budget is ended, whatever the others hold", () => {
+test("one stall over half of the budget is ended, whatever the others hold", () => {
   const budget = new BufferBudget(1000);
   const small = fakeStall(10);
   const big = fakeStall(100);
   budget.stall(small);
   budget.stall(big);
   assert.equal(big.aborted, undefined);
-  big.bytes = 251;
+  big.bytes = 501;
   budget.check();
   const error = big.aborted as BufferBudgetError | undefined;
   assert.ok(error instanceof BufferBudgetError);
-  assert.match(error.message, /251 bytes .* share .* --max-buffered 1000/);
+  assert.match(error.message, /501 bytes .* share .* --max-buffered 1000/);
   assert.equal(small.aborted, undefined);
   budget.resume(small);
 });
@@ -58,7 +58,7 @@ test("a stall that moves again is no longer counted", () => {
   const first = fakeStall(200);
   budget.stall(first);
   budget.resume(first);
-  const second = fakeStall(240);
+  const second = fakeStall(490);
   budget.stall(second);
   first.bytes = 900;
   budget.check();
