@@ -9,7 +9,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { after, describe, test } from "node:test";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
-import { ENGINES, type RoleProcess, rawExchange, roleMetrics, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
+import { currentRuntime, ENGINES, type RoleProcess, rawExchange, roleMetrics, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
 import { pause, until } from "./wait.ts";
 
 const track = trackProcesses();
@@ -134,9 +134,11 @@ for (const engine of ENGINES) {
           }
         }
         // What the roles hold for the waiting clients is the budget, plus what the runtime has not
-        // collected yet of tunnels the budget ended.
+        // collected yet of tunnels the budget ended: Node's and Deno's collectors leave about
+        // twice as much uncollected as Bun's (measured: 312 MB on Node where Bun had 160).
+        const uncollected = currentRuntime().kind === "bun" ? 128 : 256;
         for (const role of ["server", "agent"] as const) {
-          assert.ok(steady[role] < idle[role] + budgetMib + 128, `${role} holds about its budget while they wait: ${figures}`);
+          assert.ok(steady[role] < idle[role] + budgetMib + uncollected, `${role} holds about its budget while they wait: ${figures}`);
         }
       } finally {
         clearInterval(sampler);
