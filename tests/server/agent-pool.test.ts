@@ -70,3 +70,22 @@ test("a stream waits no longer than asked, then reports every agent's refusal", 
   assert.ok(performance.now() - started >= 95);
   assert.ok("errors" in none && /stream limit/.test(none.errors[0].message));
 });
+
+test("a penalized agent takes streams only when no other agent can, until its penalty ends", async () => {
+  const pool = new AgentPool<FakeAgent, string>();
+  const [a, b] = [new FakeAgent("a"), new FakeAgent("b")];
+  pool.add(a);
+  pool.add(b);
+  pool.penalize(a, 60_000);
+  const names: Array<string | undefined> = [];
+  for (let i = 0; i < 4; i++) names.push((await pool.openStream()).stream);
+  assert.deepEqual(names, ["b#1", "b#2", "b#3", "b#4"]);
+  b.full = true;
+  assert.equal((await pool.openStream()).stream, "a#1", "the penalized agent still serves when it is the only one with room");
+  b.full = false;
+  pool.penalize(b, 0);
+  pool.penalize(a, 0);
+  const after: Array<string | undefined> = [];
+  for (let i = 0; i < 2; i++) after.push((await pool.openStream()).stream);
+  assert.deepEqual(after.sort(), ["a#2", "b#5"], "once the penalty is over, round-robin again");
+});
