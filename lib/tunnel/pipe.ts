@@ -167,21 +167,11 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
       if (stream.closed) queueMicrotask(() => onClose(stream, other));
       else stream.once("close", () => onClose(stream, other));
     }
-    forward(a, b, {
-      count: (n) => {
-        result.sent += n;
-        lastActivity = performance.now();
-      },
-      budget: options.budget,
-      abort: onError,
-    });
-    forward(b, a, {
-      count: (n) => {
-        result.received += n;
-        lastActivity = performance.now();
-      },
-      budget: options.budget,
-      abort: onError,
-    });
+    const moved = (direction: "sent" | "received") => (n: number) => {
+      result[direction] += n;
+      lastActivity = performance.now();
+    };
+    forward(a, b, { count: moved("sent"), budget: options.budget, abort: onError });
+    forward(b, a, { count: moved("received"), budget: options.budget, abort: onError });
   });
 }
