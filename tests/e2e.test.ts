@@ -11,7 +11,7 @@ import type net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, test } from "node:test";
-import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
+import { httpTargetFixture, rssMb, trackProcesses } from "./fixtures.ts";
 import {
   ENGINES,
   expectedSha256,
@@ -179,7 +179,7 @@ for (const engine of ENGINES) {
     });
 
     test("the server's memory stays bounded while a client reads a 1 GiB download slowly", async () => {
-      const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${server.child.pid}/status`, "utf8"))?.[1]) / 1024;
+      const rss = () => rssMb(server.child.pid);
       const baseline = rss();
       const { socket, received } = await slowReader(
         server.tcpPort,

@@ -5,6 +5,7 @@
  * @module
  */
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { after, before, type TestContext } from "node:test";
 import { type RoleProcess, startHttpTarget } from "./harness.ts";
 
@@ -51,4 +52,9 @@ export function commandExists(command: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** Resident memory of process `pid` in MB, from /proc. */
+export function rssMb(pid: number | undefined): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
 }

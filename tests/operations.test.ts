@@ -12,7 +12,7 @@ import { basename, join } from "node:path";
 import { describe, test } from "node:test";
 import tls from "node:tls";
 import type { DevCertPaths } from "../scripts/dev-certs.ts";
-import { httpTargetFixture, skip, trackProcesses } from "./fixtures.ts";
+import { httpTargetFixture, rssMb, skip, trackProcesses } from "./fixtures.ts";
 import {
   adminGet,
   ENGINES,
@@ -777,7 +777,6 @@ for (const engine of ENGINES) {
         }
         return { count: now.length, extra: now.filter((name) => !baseline.includes(name)).map(describeSocket) };
       };
-      const rssMb = (pid: number | undefined) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
       // Warm up once so that lazily created state is part of the baseline, once the warm-up
       // tunnel's own sockets have closed.
       const cold = { server: descriptors(server.child.pid), agent: descriptors(agent.child.pid) };

@@ -6,10 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { after, describe, test } from "node:test";
-import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
-import { currentRuntime, ENGINES, type RoleProcess, rawExchange, roleMetrics, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
+import { httpTargetFixture, rssMb, trackProcesses } from "./fixtures.ts";
+import { currentRuntime, ENGINES, rawExchange, roleMetrics, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
 import { pause, until } from "./wait.ts";
 
 const track = trackProcesses();
@@ -18,10 +17,6 @@ after(() => {
   for (const child of children) child.kill("SIGKILL");
 });
 const target = httpTargetFixture();
-
-function rssMb(role: RoleProcess): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${role.child.pid}/status`, "utf8"))?.[1]) / 1024;
-}
 
 /**
  * `count` clients, each asking for `mib` MiB through the tunnel and never reading a byte of it,
@@ -89,11 +84,11 @@ for (const engine of ENGINES) {
       const server = track(await startServer({ engine, args: [...args, "--max-tunnels", "5000"] }));
       const agent = track(await startAgent(server.quicPort, { engine, args: [...args, "--max-tunnels", "5000"] }));
       await freshTunnel(server.tcpPort);
-      const idle = { server: rssMb(server), agent: rssMb(agent) };
+      const idle = { server: rssMb(server.child.pid), agent: rssMb(agent.child.pid) };
       const peak = { ...idle };
       const sampler = setInterval(() => {
-        peak.server = Math.max(peak.server, rssMb(server));
-        peak.agent = Math.max(peak.agent, rssMb(agent));
+        peak.server = Math.max(peak.server, rssMb(server.child.pid));
+        peak.agent = Math.max(peak.agent, rssMb(agent.child.pid));
       }, 100);
       try {
         const clients = await nonReaders(server.tcpPort, { count: 1000, mib: 64 });
@@ -115,7 +110,7 @@ for (const engine of ENGINES) {
         // node-quic, whose receive side takes everything and leaks nothing.
         const timed = (attempt: Promise<number>) => attempt.then((ms) => `${ms.toFixed(0)} ms`).catch((err: Error) => err.message);
         const during = await timed(freshTunnel(server.tcpPort));
-        const steady = { server: rssMb(server), agent: rssMb(agent) };
+        const steady = { server: rssMb(server.child.pid), agent: rssMb(agent.child.pid) };
         const active = {
           server: (await roleMetrics(server)).get("quic_tunnel_tunnels_active"),
           agent: (await roleMetrics(agent)).get("quic_tunnel_tunnels_active"),

@@ -8,10 +8,9 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
-import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { parseInvariantHeader } from "../lib/quic/quiche/packet.ts";
-import { skip, trackProcesses } from "./fixtures.ts";
+import { rssMb, skip, trackProcesses } from "./fixtures.ts";
 import {
   ENGINES,
   expectedSha256,
@@ -30,11 +29,6 @@ import { pause, until } from "./wait.ts";
 
 const track = trackProcesses();
 const noop = () => {};
-
-/** Resident memory of a process in MB. */
-function rssMb(pid: number | undefined): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
-}
 
 /** Runs the flood fixture against `port` and resolves with what it reports. */
 function flood(port: number, kind: string, count: number): Promise<{ sent: number; replayedToken: boolean; ms: number }> {
