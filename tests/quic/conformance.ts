@@ -338,6 +338,46 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       relay.close();
     });
 
+    test("200 streams (or as many as the client takes) echo intact through bursts of loss both ways, and every one ends (cloudflare/quiche#2525)", async () => {
+      const server = await listen();
+      // Six datagrams in every 60 lost in a row, each way, while traffic is dense (one that comes
+      // after 5 ms of quiet passes): bursts like a full receive buffer's, which take every copy of
+      // a FIN sent in one go, but never a keep-alive.
+      const losing = { on: false, "to-server": { seen: 0, at: 0 }, "to-client": { seen: 0, at: 0 } };
+      const relay = await udpRelay(server.address().port, (direction) => {
+        const way = losing[direction];
+        const now = performance.now();
+        const dense = now - way.at < 5;
+        way.at = now;
+        return losing.on && dense && ++way.seen % 60 >= 54;
+      });
+      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
+      const client = await engine.connect({ host: "127.0.0.1", port: relay.port, serverName: "quic-tunnel-server", tls: clientTls(certs) });
+      const serverSide = await accepted;
+      losing.on = true;
+      // The client answers each stream as a target behind an agent does: it echoes until the
+      // server's FIN, then ends with its last bytes.
+      client.on("stream", (stream) => stream.on("error", ignore).pipe(stream));
+      const count = Math.min(200, client.incomingStreamLimit);
+      let ended = 0;
+      const echoed = Array.from({ length: count }, async () => {
+        const stream = (await serverSide.openStream()).on("error", ignore);
+        const data = randomBytes(32 * 1024);
+        const got = collect(stream).then((result) => {
+          ended++;
+          return result;
+        });
+        await sendAll(stream, data, 8192);
+        return (await got).sha256 === digest(data);
+      });
+      const all = Promise.all(echoed).then((results) => `${results.filter(Boolean).length} intact`);
+      const deadline = new Promise<string>((resolve) => setTimeout(() => resolve(`${ended} of ${count} ended after 30 s`), 30_000));
+      assert.equal(await Promise.race([all, deadline]), `${count} intact`);
+      assert.ok(relay.dropped > 100, `the relay lost ${relay.dropped} datagrams`);
+      client.close();
+      relay.close();
+    });
+
     test("a reset stream is an error on the other side, with its code", async () => {
       const { client, serverSide } = await pair();
       serverSide.once("stream", (stream) => {

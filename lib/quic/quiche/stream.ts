@@ -36,6 +36,8 @@ export interface StreamHost {
 
 const EMPTY = new Uint8Array(0);
 const recvBuffer = Buffer.allocUnsafe(64 * 1024);
+/** How long the last byte of a write waits for our FIN to leave with it (see `#holdsTail`). */
+const TAIL_HOLD_MS = 10;
 
 /** Turns a quiche stream error (`StreamReset(n)`, `StreamStopped(n)`) into a QuicError in words. */
 function streamError(err: unknown, id: number): QuicError {
@@ -54,6 +56,9 @@ export class QuicheStream extends Duplex implements QuicStreamType {
   #pending: Uint8Array | null = null;
   #pendingCallback: ((err?: Error | null) => void) | null = null;
   #finPending: ((err?: Error | null) => void) | null = null;
+  /** The last byte of a write, held back for our FIN; it follows `#pending` once that is sent. */
+  #tail: Uint8Array | null = null;
+  #tailTimer: ReturnType<typeof setTimeout> | undefined;
   #readPaused = false;
   #readDone = false;
   #writeDone = false;
@@ -99,9 +104,11 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       if (result === null) return;
       const [length, fin] = result;
       if (length === 0 && !fin) return;
+      // Before the last bytes go out: a reader that answers them at once answers with the read
+      // side done, so its writes hold their tail for the FIN (see `#holdsTail`).
+      if (fin) this.#readDone = true;
       const more = length === 0 || this.push(Buffer.from(recvBuffer.subarray(0, length)));
       if (fin) {
-        this.#readDone = true;
         this.push(null);
         return;
       }
@@ -110,6 +117,17 @@ export class QuicheStream extends Duplex implements QuicStreamType {
         return;
       }
     }
+  }
+
+  /**
+   * Whether the last byte of a write is held back. Once the peer's FIN has been read, quiche
+   * forgets the stream on the first ack after our FIN that completes our data, even if the FIN
+   * itself was lost (cloudflare/quiche#2525). A FIN that leaves with data is acked with it; so the
+   * last byte of each write waits briefly for a FIN, which is how an answer to a half-closed
+   * request usually ends.
+   */
+  get #holdsTail(): boolean {
+    return this.#readDone;
   }
 
   /** Hands queued bytes (and a pending FIN) to quiche as far as flow control allows. */
@@ -133,8 +151,15 @@ export class QuicheStream extends Duplex implements QuicStreamType {
         callback?.();
       }
       if (this.#finPending !== null) {
+        const tail = this.#tail;
+        if (tail !== null) {
+          // One byte with the FIN: quiche takes both, or neither while flow control is shut.
+          if (native.streamSend(this.id, tail, true) === null) return void this.#host.wantWrite(this);
+          this.#dropTail();
+          this.#host.markDirty();
+        }
         // `null` means quiche has already collected the stream: there is nothing left to finish.
-        const accepted = native.streamSend(this.id, EMPTY, true) !== null;
+        const accepted = tail !== null || native.streamSend(this.id, EMPTY, true) !== null;
         this.#writeDone = true;
         if (accepted) this.#host.finWritten(this);
         const callback = this.#finPending;
@@ -162,9 +187,42 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       callback();
       return;
     }
-    this.#pending = chunk;
-    this.#pendingCallback = callback;
+    // A byte held for the FIN, or released but not yet taken by quiche, goes first.
+    const held = this.#tail ?? this.#pending;
+    this.#dropTail();
+    const data = held === null ? chunk : Buffer.concat([held, chunk]);
+    if (!this.#holdsTail) {
+      this.#pending = data;
+      this.#pendingCallback = callback;
+      this.sendPending();
+      return;
+    }
+    const holdLast = () => {
+      this.#tail = data.subarray(data.length - 1);
+      this.#tailTimer = setTimeout(() => this.#releaseTail(), TAIL_HOLD_MS);
+      callback();
+    };
+    if (data.length === 1) {
+      holdLast();
+      return;
+    }
+    this.#pending = data.subarray(0, data.length - 1);
+    this.#pendingCallback = holdLast;
     this.sendPending();
+  }
+
+  /** No FIN came in time: the held byte goes on its own. */
+  #releaseTail(): void {
+    const tail = this.#tail;
+    this.#dropTail();
+    if (tail === null || this.destroyed) return;
+    this.#pending = tail;
+    this.sendPending();
+  }
+
+  #dropTail(): void {
+    this.#tail = null;
+    clearTimeout(this.#tailTimer);
   }
 
   override _final(callback: (err?: Error | null) => void): void {
@@ -193,6 +251,7 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     }
     this.#pendingCallback = null;
     this.#finPending = null;
+    this.#dropTail();
     this.#host.forget(this);
     callback(err);
   }
