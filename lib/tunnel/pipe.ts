@@ -104,6 +104,13 @@ export interface PipeOptions {
   budget?: BufferBudget;
 }
 
+/** Which halves of a stream have ended, for the message of a tunnel ended while quiet. */
+function ends(stream: Duplex): string {
+  const read = stream.readableEnded ? "read to its end" : "still readable";
+  const write = stream.writableEnded ? "ended its writes" : "still writable";
+  return `${read}, ${write}`;
+}
+
 /**
  * Copies `a` to `b` and `b` to `a` until both directions have ended and both streams closed.
  * An error or an abrupt close of either stream destroys the other. Never rejects.
@@ -125,9 +132,8 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
       idleTimer = setTimeout(checkIdle, limit - quiet);
       return;
     }
-    result.error ??= new Error(
-      halfClosed && limit === options.halfCloseTimeoutMs ? `tunnel half-closed and idle for ${limit} ms` : `tunnel idle for ${limit} ms`,
-    );
+    const what = halfClosed && limit === options.halfCloseTimeoutMs ? "tunnel half-closed and idle" : "tunnel idle";
+    result.error ??= new Error(`${what} for ${limit} ms (first side ${ends(a)}, second side ${ends(b)})`);
     abort(a);
     abort(b);
   };
