@@ -16,7 +16,7 @@ import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTi
 import { setupLogging } from "./lib/ops/log.ts";
 import { Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream, udpBufferShortfall } from "./lib/quic/mod.ts";
 import { dial } from "./lib/tunnel/dial.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
 
@@ -54,6 +54,8 @@ try {
 } catch (err) {
   exitWithError("quic-agent-tcp", err);
 }
+const udpShortfall = udpBufferShortfall();
+if (udpShortfall) log.warn("{warning}", { warning: udpShortfall });
 // Rotated certificates apply from the next connection; the open ones keep working.
 certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));
 

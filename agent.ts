@@ -16,7 +16,7 @@ import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTi
 import { setupLogging } from "./lib/ops/log.ts";
 import { Histogram, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream, udpBufferShortfall } from "./lib/quic/mod.ts";
 import { AllowList } from "./lib/tunnel/allow.ts";
 import { HttpError, parseConnectTarget, readRequestHead, statusResponse } from "./lib/tunnel/connect.ts";
 import { dial } from "./lib/tunnel/dial.ts";
@@ -76,6 +76,8 @@ try {
 } catch (err) {
   exitWithError("quic-agent", err);
 }
+const udpShortfall = udpBufferShortfall();
+if (udpShortfall) log.warn("{warning}", { warning: udpShortfall });
 if (allowList.allowsAll) log.warn("no --allow rules: any host:port this agent can reach is reachable through the tunnel");
 // Rotated certificates apply from the next connection; the open ones keep working.
 certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));

@@ -18,7 +18,7 @@ import { setupLogging } from "./lib/ops/log.ts";
 import { Counter, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, settled, udpBufferShortfall } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
 import { acceptingAddresses, type Frontend, type HandshakeOptions, listenTcp, listenUnix } from "./lib/server/frontends.ts";
 import { firstBytes, HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
@@ -127,6 +127,8 @@ try {
 } catch (err) {
   exitWithError("quic-server", err);
 }
+const udpShortfall = udpBufferShortfall();
+if (udpShortfall) log.warn("{warning}", { warning: udpShortfall });
 
 // Agents: those the CA signed (and --agent-subject names) take tunnels once they said what kind
 // they are; each learns the client listeners so that it can refuse loops back into them.

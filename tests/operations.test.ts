@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { describe, test } from "node:test";
 import tls from "node:tls";
+import { udpBufferShortfall } from "../lib/quic/mod.ts";
 import type { DevCertPaths } from "../scripts/dev-certs.ts";
 import { httpTargetFixture, rssMb, skip, trackProcesses } from "./fixtures.ts";
 import {
@@ -74,6 +75,25 @@ function connectionRefused(port: number): Promise<boolean> {
     socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code === "ECONNREFUSED"));
   });
 }
+
+test("server and agent name the kernel's cap on UDP socket buffers at start, exactly when it is below what they ask", {
+  skip: SLOW_TRANSPORT,
+}, async () => {
+  const server = track(await startServer());
+  const agent = track(await startAgent(server.quicPort));
+  const expected = udpBufferShortfall();
+  for (const [role, process] of [
+    ["server", server],
+    ["agent", agent],
+  ] as const) {
+    const line = process
+      .log()
+      .split("\n")
+      .find((text) => text.includes("the kernel caps UDP socket buffers"));
+    assert.equal(line !== undefined, expected !== undefined, `${role}: ${line ?? "no warning"}; /proc says: ${expected ?? "enough"}`);
+    if (expected) assert.ok(line?.includes(expected), `${role} logs the warning whole: ${line}`);
+  }
+});
 
 describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
   test("healthz, readyz and metrics on server and agent, scraped with a real HTTP client", async () => {

@@ -10,6 +10,7 @@ import type { EngineName, QuicEngine } from "./types.ts";
 
 export { settled } from "./connection.ts";
 export { QuicError } from "./errors.ts";
+export { udpBufferShortfall } from "./socket-buffers.ts";
 export type * from "./types.ts";
 
 /** What `--quic-engine` accepts. */

@@ -10,14 +10,13 @@ import type { QuicEndpoint, QuicSession } from "node:quic";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";
 import { QuicError, tlsAlertCode } from "../errors.ts";
+import { UDP_SOCKET_BUFFER_BYTES } from "../socket-buffers.ts";
 import type { ListenOptions, QuicServer, ServerEvents, ServerStats, TlsMaterial, TransportOptions } from "../types.ts";
 import { peerStreamLimit } from "./bun.ts";
 import { describeSessionError, NodeQuicConnection } from "./connection.ts";
 import { serverSessionOptions } from "./options.ts";
 
 const ignore = () => {};
-
-const SOCKET_BUFFER_BYTES = 4 << 20;
 
 /** The server endpoint; see {@link QuicServer}. */
 export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicServer {
@@ -126,8 +125,8 @@ export async function listen(options: ListenOptions): Promise<NodeQuicServer> {
       ...serverSessionOptions(options.tls, transport),
       endpoint: {
         address: where,
-        udpReceiveBufferSize: SOCKET_BUFFER_BYTES,
-        udpSendBufferSize: SOCKET_BUFFER_BYTES,
+        udpReceiveBufferSize: UDP_SOCKET_BUFFER_BYTES,
+        udpSendBufferSize: UDP_SOCKET_BUFFER_BYTES,
         validateAddress: options.retry ?? true,
       },
     });

@@ -9,6 +9,7 @@
  * @module
  */
 import dgram from "node:dgram";
+import { UDP_SOCKET_BUFFER_BYTES } from "../socket-buffers.ts";
 import { bindDenoDatagramSocket, openDenoUdp } from "./datagram-deno.ts";
 
 /** Where one produced packet goes. */
@@ -47,8 +48,6 @@ export interface DatagramSocket {
 /** Largest datagram handled (quiche never produces more than its configured payload size). */
 export const MAX_DATAGRAM = 1500;
 const BATCH = 64;
-/** Socket buffers: the 208 KiB default lost packets at tunnel speeds and cost a quarter of the throughput. */
-const SOCKET_BUFFER_BYTES = 4 << 20;
 
 interface BunUdpHandle {
   sendMany(packets: unknown[]): number;
@@ -108,7 +107,7 @@ function packetSender(socket: dgram.Socket): (produce: PacketProducer) => void {
 export async function bindDatagramSocket(options: { host: string; port: number; family: 4 | 6 }): Promise<DatagramSocket> {
   const deno = openDenoUdp();
   if (deno !== undefined) {
-    return bindDenoDatagramSocket(deno, { ...options, packetBytes: MAX_DATAGRAM, bufferBytes: SOCKET_BUFFER_BYTES });
+    return bindDenoDatagramSocket(deno, { ...options, packetBytes: MAX_DATAGRAM, bufferBytes: UDP_SOCKET_BUFFER_BYTES });
   }
   const socket = dgram.createSocket(options.family === 6 ? "udp6" : "udp4");
   await new Promise<void>((resolve, reject) => {
@@ -128,8 +127,8 @@ export async function bindDatagramSocket(options: { host: string; port: number; 
       // packet and held a tunnel to ~1 MiB/s. The smallest size that fits every packet is fastest.
       socket.setRecvBufferSize(MAX_DATAGRAM);
     } else {
-      socket.setRecvBufferSize(SOCKET_BUFFER_BYTES);
-      socket.setSendBufferSize(SOCKET_BUFFER_BYTES);
+      socket.setRecvBufferSize(UDP_SOCKET_BUFFER_BYTES);
+      socket.setSendBufferSize(UDP_SOCKET_BUFFER_BYTES);
     }
   } catch {
     // Some runtimes cannot resize; the kernel default still works, only slower.
