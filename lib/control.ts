@@ -32,25 +32,28 @@ export type ControlMessage = { type: "hello"; kind: AgentKind } | { type: "goawa
  */
 const MAX_LINE = 64 * 1024;
 
-/** Reads one line (without its newline) from `stream`; undefined when it ends, fails or runs long. */
-function readLine(stream: Duplex, timeoutMs: number): Promise<string | undefined> {
+/**
+ * Reads one line (without its newline) from `stream`: no line when it ends, fails or runs long;
+ * `abandoned` when the peer ended or reset the stream without one.
+ */
+function readLine(stream: Duplex, timeoutMs: number): Promise<{ line?: string; abandoned?: boolean }> {
   return new Promise((resolve) => {
     let text = "";
-    const finish = (line: string | undefined) => {
+    const finish = (result: { line?: string; abandoned?: boolean }) => {
       clearTimeout(timer);
       stream.off("data", onData);
       stream.off("end", onEnd);
-      resolve(line);
+      resolve(result);
     };
     const onData = (chunk: Buffer) => {
       text += chunk.toString("latin1");
       const newline = text.indexOf("\n");
-      if (newline >= 0) finish(text.slice(0, newline));
-      else if (text.length > MAX_LINE) finish(undefined);
+      if (newline >= 0) finish({ line: text.slice(0, newline) });
+      else if (text.length > MAX_LINE) finish({});
     };
-    const onEnd = () => finish(undefined);
-    const timer = setTimeout(() => finish(undefined), timeoutMs);
-    stream.on("error", () => finish(undefined));
+    const onEnd = () => finish({ abandoned: true });
+    const timer = setTimeout(() => finish({}), timeoutMs);
+    stream.on("error", () => finish({ abandoned: true }));
     stream.on("data", onData);
     stream.once("end", onEnd);
   });
@@ -68,37 +71,40 @@ export function parseControlLine(line: string | undefined): ControlMessage | und
  * stream. Resolves with what the agent said, or undefined.
  */
 export async function serveControlStream(stream: Duplex, listeners: () => readonly HostPort[]): Promise<ControlMessage | undefined> {
-  const message = parseControlLine(await readLine(stream, 5_000));
+  const message = parseControlLine((await readLine(stream, 5_000)).line);
   if (message?.type === "hello") stream.end(`LISTENERS ${listeners().map(formatHostPort).join(" ")}\n`);
   else stream.destroy();
   return message;
 }
 
-/**
- * Tells the server on `connection` what kind of agent this is, and resolves with the server's
- * client listeners, or undefined when it does not answer (the reference's server never does).
- */
-export async function announceAgent(
-  connection: QuicConnection,
-  options: { kind: AgentKind; timeoutMs: number },
-): Promise<HostPort[] | undefined> {
+/** What the server answered an agent's hello. */
+export interface Announcement {
+  /** The server's client listeners; undefined when it does not answer (the reference's server never does). */
+  listeners?: HostPort[];
+  /** The server ended or reset the stream without a word: it is refusing this agent, or going away. */
+  abandoned: boolean;
+}
+
+/** Tells the server on `connection` what kind of agent this is, and resolves with its answer. */
+export async function announceAgent(connection: QuicConnection, options: { kind: AgentKind; timeoutMs: number }): Promise<Announcement> {
   let stream: Duplex;
   try {
     stream = await connection.openStream();
   } catch {
-    return undefined;
+    return { abandoned: connection.closed };
   }
   stream.on("error", () => {});
   stream.write(`AGENT ${options.kind}\n`);
-  const line = await readLine(stream, options.timeoutMs);
+  const { line, abandoned = false } = await readLine(stream, options.timeoutMs);
   stream.destroy();
   const listed = /^LISTENERS ?(.*)$/.exec(line ?? "");
-  if (!listed) return undefined;
-  return listed[1]
+  if (!listed) return { abandoned };
+  const listeners = listed[1]
     .split(" ")
     .filter(Boolean)
     .map(parseHostPort)
     .filter((address) => address !== undefined);
+  return { listeners, abandoned: false };
 }
 
 /** Asks the server on `connection` to route no new tunnels here. */

@@ -348,14 +348,17 @@ describe("limits and policy", { skip: SLOW_TRANSPORT }, () => {
     }
   });
 
-  test("--agent-subject admits only the named agents", async () => {
-    const server = track(await startServer({ args: ["--agent-subject", "some-other-agent"] }));
-    const agent = track(await startAgent(server.quicPort, { wait: false, args: ["--reconnect-max", "300ms"] }));
-    await server.waitFor(/rejected agent \S+: certificate CN=quic-tunnel-agent is not among --agent-subject/);
-    await agent.waitFor(/agent identity not allowed/);
-    const allowed = track(await startServer({ args: ["--agent-subject", "quic-tunnel-agent"] }));
-    track(await startAgent(allowed.quicPort));
-  });
+  for (const engine of ENGINES) {
+    test(`--agent-subject admits only the named agents; a refused agent never says it connected, engine ${engine}`, async () => {
+      const server = track(await startServer({ engine, args: ["--agent-subject", "some-other-agent"] }));
+      const agent = track(await startAgent(server.quicPort, { engine, wait: false, args: ["--reconnect-max", "300ms"] }));
+      await server.waitFor(/rejected agent \S+: certificate CN=quic-tunnel-agent is not among --agent-subject/);
+      await until(() => agent.log().split("agent identity not allowed").length > 3, "three refusals in the agent's log");
+      assert.doesNotMatch(agent.log(), /connected to server/);
+      const allowed = track(await startServer({ engine, args: ["--agent-subject", "quic-tunnel-agent"] }));
+      track(await startAgent(allowed.quicPort, { engine }));
+    });
+  }
 });
 
 describe("graceful shutdown", { skip: SLOW_TRANSPORT }, () => {

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { type AgentKind, announceAgent, sendGoAway } from "../control.ts";
+import { type AgentKind, type Announcement, announceAgent, sendGoAway } from "../control.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "../hostport.ts";
 import { type AGENT_FLAGS, transportOptions } from "../ops/cli.ts";
 import type { FlagValues } from "../ops/flags.ts";
@@ -68,6 +68,8 @@ const SCALE_AT = 0.5;
 const STABLE_AFTER_MS = 10_000;
 /** An extra connection idle this long is closed. */
 const EXTRA_IDLE_MS = 30_000;
+/** How long the server may take to answer the hello (the reference's server never answers). */
+const HELLO_TIMEOUT_MS = 1_000;
 
 /**
  * Keeps a QUIC connection to the server up for as long as the process runs (and more while the
@@ -127,20 +129,21 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * once the server answered (with its listeners) or did not in time. Dials more connections when
    * the open ones fill up.
    */
-  async function serve(connection: QuicConnection): Promise<void> {
-    const announcing = announceAgent(connection, { kind: options.kind, timeoutMs: 1_000 });
+  /** Serves the server's streams on `connection`; resolves with the server's answer to the hello. */
+  async function serve(connection: QuicConnection): Promise<Announcement> {
+    const announcing = announceAgent(connection, { kind: options.kind, timeoutMs: HELLO_TIMEOUT_MS });
     const server: ServerInfo = {
       listeners: undefined,
       host: parseHostPort(connection.peer)?.host ?? connection.peer,
-      announced: announcing.then((listeners) => {
-        server.listeners = listeners;
+      announced: announcing.then((announcement) => {
+        server.listeners = announcement.listeners;
       }),
     };
     connection.on("stream", (stream) => {
       onStream(stream, server);
       scale(connection.incomingStreamLimit);
     });
-    await server.announced;
+    return announcing;
   }
 
   /** Dials as many connections as keep the open ones (and those being dialed) below {@link SCALE_AT} full. */
@@ -217,7 +220,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       primary = connection;
       const closed = new Promise<QuicError | undefined>((resolve) => connection.once("close", resolve));
       const since = Date.now();
-      await serve(connection);
+      // A server that refuses this agent (--agent-subject) drops the hello and closes the connection;
+      // on node-quic the close arrives a few milliseconds after the stream's end. Connected is said
+      // only of a connection that outlives that.
+      if ((await serve(connection)).abandoned) await Promise.race([closed, sleep(HELLO_TIMEOUT_MS)]);
       if (!connection.closed) log.info("connected to server {server}", { server, subject: connection.peerSubject });
       const error = await closed;
       primary = undefined;
