@@ -24,13 +24,10 @@ export interface PathInfo {
  * Copies of a FIN that go out in separate packets before quiche may forget the stream. quiche 0.18
  * counts a stream's send side complete once its data is acked, even if the packet carrying a
  * separate FIN was lost or never left; once the peer's FIN has been read too it forgets the stream
- * (on that ack, or as the FIN is read) and never sends that FIN again (cloudflare/quiche#2525), and
- * the peer waits forever.
- *
- * So the peer's FIN is read only once this many copies have left in packets (a copy the congestion
- * window holds back does not count yet): all of them lost has a probability of loss^3 instead of
- * loss. Where the peer's FIN came first, our FIN rides with the last byte of data instead (see
- * QuicheStream's tail), and is acked with it.
+ * and never sends that FIN again (cloudflare/quiche#2525), and the peer waits forever. A stream is
+ * at risk from the moment both FINs exist, so the peer's FIN is read only once this many copies
+ * have left in packets (a copy the congestion window holds back does not count): all of them lost
+ * has a probability of loss^3 instead of loss.
  */
 const FIN_COPIES_BEFORE_COLLECTION = 3;
 /** Further copies while quiche still holds the stream, at doubling intervals from a few RTTs. */
@@ -85,10 +82,6 @@ export interface QuicheConnectionOptions {
 interface FinGuard {
   /** Copies of the FIN queued in quiche and followed by at least one packet leaving. */
   sent: number;
-  /** Packets produced when the copy still waiting for a packet was queued (none waiting: undefined). */
-  queuedAt: number | undefined;
-  /** Timed copies tried so far, out of {@link FIN_REPEATS}. */
-  repeats: number;
   dueAt: number;
   intervalMs: number;
 }
@@ -107,8 +100,6 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   readonly #wantWrite = new Set<QuicheStream>();
   readonly #wantRead = new Set<QuicheStream>();
   readonly #finGuards = new Map<QuicheStream, FinGuard>();
-  /** Guards with a copy queued that no packet has carried yet. */
-  readonly #finCopiesQueued = new Set<FinGuard>();
   #finTimer: ReturnType<typeof setTimeout> | undefined;
   #nextLocalStream: number;
   #highestRemoteStream = -1;
@@ -240,7 +231,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     } catch {
       // quiche already forgot the stream: nothing is left to hurry
     }
-    this.#finGuards.set(stream, { sent: 0, queuedAt: undefined, repeats: 0, dueAt: 0, intervalMs: 0 });
+    this.#finGuards.set(stream, { sent: 0, dueAt: 0, intervalMs: 0 });
     this.#sendFinCopy(stream);
     // The peer's FIN was read already: quiche may forget the stream as soon as our data is acked.
     if (stream.readDone) this.#sendFinCopies(stream);
@@ -260,7 +251,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     this.#streams.delete(stream.id);
     this.#wantWrite.delete(stream);
     this.#wantRead.delete(stream);
-    if (!stream.writeDone) this.#endGuard(stream);
+    if (!stream.writeDone) this.#finGuards.delete(stream);
     if (!this.closed) scheduleFlush(this);
   }
 
@@ -284,37 +275,15 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
         for (const stream of writers) stream.sendPending();
       }
     }
-    this.#send();
+    this.#sendPackets(this.#produce);
     if (native.isClosed()) this.#onClosed();
     else this.#armTimer();
   }
 
-  /** Sends what quiche has, then counts the FIN copies those packets carried. */
-  #send(): void {
-    const produced = this.#packetsProduced;
-    this.#sendPackets(this.#produce);
-    if (this.#packetsProduced === produced) return;
-    // A queued copy is first in line among the streams (urgency 0): the next packet carries it.
-    for (const guard of this.#finCopiesQueued) {
-      if (guard.queuedAt !== undefined && this.#packetsProduced > guard.queuedAt) {
-        guard.sent++;
-        guard.queuedAt = undefined;
-        this.#finCopiesQueued.delete(guard);
-      }
-    }
-  }
-
-  /**
-   * Queues one more copy of the stream's FIN, unless one is still waiting for a packet, and sends
-   * it; drops the guard once quiche forgot the stream.
-   */
+  /** Queues one more copy of the stream's FIN and sends it; drops the guard once quiche forgot the stream. */
   #sendFinCopy(stream: QuicheStream): void {
     const guard = this.#finGuards.get(stream);
     if (guard === undefined || this.closed) return;
-    if (guard.queuedAt !== undefined) {
-      this.#send();
-      return;
-    }
     let queued: boolean;
     try {
       // On a stream quiche still holds, an empty write with FIN queues the FIN again.
@@ -323,25 +292,26 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
       queued = false;
     }
     if (!queued) {
-      this.#endGuard(stream);
+      this.#finGuards.delete(stream);
       return;
     }
-    guard.queuedAt = this.#packetsProduced;
-    this.#finCopiesQueued.add(guard);
-    this.#send();
+    const produced = this.#packetsProduced;
+    this.#sendPackets(this.#produce);
+    if (this.#packetsProduced > produced) guard.sent++;
   }
 
   /**
    * Sends copies of the stream's FIN until {@link FIN_COPIES_BEFORE_COLLECTION} have left, or the
-   * congestion window holds the next one back (a later flush's packets carry it). True once that
-   * many have left, or quiche has forgotten the stream already.
+   * congestion window holds the next one back. True once that many have left, or quiche has
+   * forgotten the stream already.
    */
   #sendFinCopies(stream: QuicheStream): boolean {
     for (;;) {
       const guard = this.#finGuards.get(stream);
       if (guard === undefined || guard.sent >= FIN_COPIES_BEFORE_COLLECTION) return true;
+      const sent = guard.sent;
       this.#sendFinCopy(stream);
-      if (this.#finGuards.get(stream) === guard && guard.queuedAt !== undefined) return false;
+      if (this.#finGuards.get(stream) === guard && guard.sent === sent) return false;
     }
   }
 
@@ -366,22 +336,15 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     const now = performance.now();
     for (const [stream, guard] of this.#finGuards) {
       if (guard.dueAt > now) continue;
-      this.#sendFinCopy(stream);
-      if (++guard.repeats >= FIN_REPEATS) {
-        this.#endGuard(stream);
+      if (guard.sent >= FIN_COPIES_BEFORE_COLLECTION + FIN_REPEATS) {
+        this.#finGuards.delete(stream);
         continue;
       }
+      this.#sendFinCopy(stream);
       guard.intervalMs *= 2;
       guard.dueAt = now + guard.intervalMs;
     }
     this.#scheduleFinRepeat();
-  }
-
-  /** Our FIN needs no more copies. */
-  #endGuard(stream: QuicheStream): void {
-    const guard = this.#finGuards.get(stream);
-    if (guard !== undefined) this.#finCopiesQueued.delete(guard);
-    this.#finGuards.delete(stream);
   }
 
   /** Smoothed RTT in ms, read from quiche at most every 100 ms. */
@@ -476,7 +439,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     } catch {
       // already closing
     }
-    this.#send();
+    this.#sendPackets(this.#produce);
     this.#onClosed();
   }
 
@@ -488,7 +451,6 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     clearTimeout(this.#finTimer);
     clearInterval(this.#keepAlive);
     this.#finGuards.clear();
-    this.#finCopiesQueued.clear();
     dirty.delete(this);
     const error = this.#closeError ?? this.#describeClose();
     for (const stream of [...this.#streams.values()]) {
