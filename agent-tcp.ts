@@ -12,11 +12,11 @@ import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } fr
 import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { type CertificateWatch, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
-import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTimeouts } from "./lib/ops/cli.ts";
+import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, transportWarnings, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream, udpBufferShortfall } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
 import { dial } from "./lib/tunnel/dial.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
 
@@ -47,15 +47,16 @@ const tlsFiles = {
 };
 let tls: ReturnType<typeof loadTls>;
 let engine: QuicEngine;
+let transportCaveats: string[];
 try {
   tls = loadTls(tlsFiles);
   checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
+  transportCaveats = transportWarnings(engine, flags);
 } catch (err) {
   exitWithError("quic-agent-tcp", err);
 }
-const udpShortfall = udpBufferShortfall();
-if (udpShortfall) log.warn("{warning}", { warning: udpShortfall });
+for (const warning of transportCaveats) log.warn("{warning}", { warning });
 // Rotated certificates apply from the next connection; the open ones keep working.
 certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));
 

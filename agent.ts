@@ -12,11 +12,11 @@ import { connectionOptions, drainAgent, registerConnectionMetrics, runAgent } fr
 import { loopReason, type ServerInfo } from "./lib/agent/loop-guard.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { type CertificateWatch, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
-import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, tunnelTimeouts } from "./lib/ops/cli.ts";
+import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, transportWarnings, tunnelTimeouts } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Histogram, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream, udpBufferShortfall } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
 import { AllowList } from "./lib/tunnel/allow.ts";
 import { HttpError, parseConnectTarget, readRequestHead, statusResponse } from "./lib/tunnel/connect.ts";
 import { dial } from "./lib/tunnel/dial.ts";
@@ -68,16 +68,17 @@ const tlsFiles = {
 let tls: ReturnType<typeof loadTls>;
 let allowList: AllowList;
 let engine: QuicEngine;
+let transportCaveats: string[];
 try {
   tls = loadTls(tlsFiles);
   allowList = new AllowList(flags.allow);
   checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
+  transportCaveats = transportWarnings(engine, flags);
 } catch (err) {
   exitWithError("quic-agent", err);
 }
-const udpShortfall = udpBufferShortfall();
-if (udpShortfall) log.warn("{warning}", { warning: udpShortfall });
+for (const warning of transportCaveats) log.warn("{warning}", { warning });
 if (allowList.allowsAll) log.warn("no --allow rules: any host:port this agent can reach is reachable through the tunnel");
 // Rotated certificates apply from the next connection; the open ones keep working.
 certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));

@@ -13,12 +13,20 @@ import type { Duplex } from "node:stream";
 import { formatHostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { type CertificateWatch, loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
-import { COMMON_FLAGS, exitWithError, parseCommandLine, TRANSPORT_FLAGS, transportOptions, tunnelTimeouts } from "./lib/ops/cli.ts";
+import {
+  COMMON_FLAGS,
+  exitWithError,
+  parseCommandLine,
+  TRANSPORT_FLAGS,
+  transportOptions,
+  transportWarnings,
+  tunnelTimeouts,
+} from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
 import { Counter, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, settled, udpBufferShortfall } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/quic/mod.ts";
 import { Agents } from "./lib/server/agents.ts";
 import { acceptingAddresses, type Frontend, type HandshakeOptions, listenTcp, listenUnix } from "./lib/server/frontends.ts";
 import { firstBytes, HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
@@ -116,6 +124,7 @@ const frontendFiles = flags["tcp-cert-file"]
 let tls: ReturnType<typeof loadTls>;
 let transport: ReturnType<typeof transportOptions>;
 let engine: QuicEngine;
+let transportCaveats: string[];
 try {
   if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
   if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
@@ -124,11 +133,11 @@ try {
   if (frontendFiles) loadPemSet(frontendFiles);
   transport = transportOptions(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
+  transportCaveats = transportWarnings(engine, flags);
 } catch (err) {
   exitWithError("quic-server", err);
 }
-const udpShortfall = udpBufferShortfall();
-if (udpShortfall) log.warn("{warning}", { warning: udpShortfall });
+for (const warning of transportCaveats) log.warn("{warning}", { warning });
 
 // Agents: those the CA signed (and --agent-subject names) take tunnels once they said what kind
 // they are; each learns the client listeners so that it can refuse loops back into them.

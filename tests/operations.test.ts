@@ -95,6 +95,20 @@ test("server and agent name the kernel's cap on UDP socket buffers at start, exa
   }
 });
 
+test("a transport flag the engine cannot honour is refused when given and warned about at its default", {
+  skip: SLOW_TRANSPORT,
+}, async (t) => {
+  if (!ENGINES.includes("node-quic")) return skip(t, "node:quic is not available on this runtime");
+  const server = track(await startServer());
+  const refused = track(await startAgent(server.quicPort, { engine: "node-quic", wait: false, args: ["--max-udp-payload", "1232"] }));
+  assert.equal(await refused.exited, 1);
+  assert.match(refused.log(), /--max-udp-payload: node-quic cannot cap UDP payloads at 1232 bytes: lsquic in Bun sizes its own packets/);
+  const warned = track(await startAgent(server.quicPort, { engine: "node-quic" }));
+  assert.match(warned.log(), /WARN.*node-quic cannot cap UDP payloads at 1232 bytes.*\(--max-udp-payload is at its default\)/);
+  const quiche = track(await startAgent(server.quicPort, { engine: "quiche", args: ["--max-udp-payload", "1232"] }));
+  assert.doesNotMatch(quiche.log(), /cannot cap UDP payloads/);
+});
+
 describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
   test("healthz, readyz and metrics on server and agent, scraped with a real HTTP client", async () => {
     const server = track(await startServer({ args: ["--admin-addr", "127.0.0.1:0"] }));

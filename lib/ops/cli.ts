@@ -6,7 +6,7 @@
  */
 import pkg from "../../package.json" with { type: "json" };
 import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "../protocol.ts";
-import { ENGINE_CHOICES } from "../quic/mod.ts";
+import { ENGINE_CHOICES, type QuicEngine, udpBufferShortfall } from "../quic/mod.ts";
 import type { PipeOptions } from "../tunnel/pipe.ts";
 import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, type ParsedFlags, parseFlags } from "./flags.ts";
 
@@ -187,6 +187,33 @@ export function transportOptions(values: FlagValues<typeof TRANSPORT_FLAGS>): Pa
     maxStreams: values["max-streams"],
     congestionControl: values.cc as TransportOptions["congestionControl"],
   };
+}
+
+/** The flag that sets each transport option of {@link transportOptions}. */
+const TRANSPORT_OPTION_FLAGS: Partial<Record<keyof TransportOptions, keyof typeof TRANSPORT_FLAGS>> = {
+  idleTimeoutMs: "idle-timeout",
+  handshakeTimeoutMs: "handshake-timeout",
+  maxUdpPayload: "max-udp-payload",
+  streamWindow: "stream-window",
+  connectionWindow: "connection-window",
+  maxStreams: "max-streams",
+  congestionControl: "cc",
+};
+
+/**
+ * What the transport will do otherwise than the flags ask, in words for the log: the chosen
+ * engine's caveats about flags left at their defaults, and the kernel's cap on UDP buffers. Throws
+ * a {@link FlagError} naming the flag when the user set one the engine cannot honour.
+ */
+export function transportWarnings(engine: QuicEngine, flags: ParsedFlags<typeof TRANSPORT_FLAGS>): string[] {
+  const shortfall = udpBufferShortfall();
+  const warnings = shortfall ? [shortfall] : [];
+  for (const { option, reason } of engine.transportCaveats({ ...DEFAULT_TRANSPORT, ...transportOptions(flags) })) {
+    const flag = TRANSPORT_OPTION_FLAGS[option];
+    if (flag && flags.given.has(flag)) throw new FlagError(`--${flag}: ${reason}`);
+    warnings.push(flag ? `${reason} (--${flag} is at its default)` : reason);
+  }
+  return warnings;
 }
 
 /**

@@ -59,7 +59,11 @@ const KLOG_FLAGS: Readonly<Record<string, "bool" | "value">> = {
 };
 
 /** A command line's values, and the klog flags it gave that have no effect here. */
-export type ParsedFlags<T extends Record<string, FlagSpec>> = FlagValues<T> & { readonly ignored: readonly string[] };
+export type ParsedFlags<T extends Record<string, FlagSpec>> = FlagValues<T> & {
+  readonly ignored: readonly string[];
+  /** The flags set on the command line (the others have their defaults). */
+  readonly given: ReadonlySet<string>;
+};
 
 /** A command line that cannot be used; the message names the flag. */
 export class FlagError extends Error {
@@ -229,6 +233,7 @@ export function parseFlags<T extends Record<string, FlagSpec>>(argv: string[], f
       .filter((name) => parsed[name] !== undefined || negated.has(name))
       .map((name) => `-${name}`),
   };
+  values.given = new Set(Object.keys(flags).filter((name) => parsed[name] !== undefined || negated.has(name)));
   for (const [name, spec] of Object.entries(flags)) {
     const given = parsed[name];
     if (spec.kind === "list") {

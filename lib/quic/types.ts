@@ -150,8 +150,19 @@ export interface ListenOptions {
 }
 
 /** A QUIC implementation behind the interface above. */
+/** A transport option an engine cannot honour as asked, and why, in words. */
+export interface TransportCaveat {
+  option: keyof TransportOptions;
+  reason: string;
+}
+
 export interface QuicEngine {
   readonly name: EngineName;
+  /**
+   * What of `transport` (defaults filled in) this engine does otherwise than asked; empty when it
+   * honours all of it. A role refuses such an option when the user set it, and warns otherwise.
+   */
+  transportCaveats(transport: TransportOptions): TransportCaveat[];
   /**
    * Dials a server and resolves once the handshake is confirmed by the server (so a refused client
    * certificate is a rejection here, not a later close). Rejects with a {@link QuicError} naming

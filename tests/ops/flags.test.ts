@@ -22,7 +22,14 @@ test("parses typed values and applies defaults", () => {
     v: 0,
     retry: true,
     ignored: [],
+    given: new Set(["cert-file"]),
   });
+});
+
+test("the flags set on the command line are told from those at their defaults, in every spelling", () => {
+  const values = parseFlags(["-cert-file=b.crt", "--timeout", "10s", "-retry=false"], FLAGS);
+  assert.ok(typeof values === "object");
+  assert.deepEqual([...values.given].sort(), ["cert-file", "retry", "timeout"]);
 });
 
 test("accepts the Go flag spellings of the reference", () => {

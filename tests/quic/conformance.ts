@@ -9,6 +9,7 @@ import { createHash, randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
+import { DEFAULT_TRANSPORT } from "../../lib/protocol.ts";
 import type { QuicConnection, QuicEngine, QuicError, QuicServer, QuicStream, TlsMaterial, TransportOptions } from "../../lib/quic/mod.ts";
 import { engineHeld } from "../../lib/tunnel/budget.ts";
 import type { DevCertPaths } from "../../scripts/dev-certs.ts";
@@ -374,6 +375,36 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       const deadline = new Promise<string>((resolve) => setTimeout(() => resolve(`${ended} of ${count} ended after 30 s`), 30_000));
       assert.equal(await Promise.race([all, deadline]), `${count} intact`);
       assert.ok(relay.dropped > 100, `the relay lost ${relay.dropped} datagrams`);
+      client.close();
+      relay.close();
+    });
+
+    test("--max-udp-payload caps every datagram both ways, or the engine says it cannot", async () => {
+      const transport = { maxUdpPayload: 1232 };
+      const server = await listen(transport);
+      const largest = { "to-server": 0, "to-client": 0 };
+      const relay = await udpRelay(server.address().port, (direction, datagram) => {
+        largest[direction] = Math.max(largest[direction], datagram.length);
+        return false;
+      });
+      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
+      const client = await engine.connect({
+        host: "127.0.0.1",
+        port: relay.port,
+        serverName: "quic-tunnel-server",
+        tls: clientTls(certs),
+        transport,
+      });
+      (await accepted).on("stream", (stream) => stream.on("error", ignore).pipe(stream));
+      const stream = (await client.openStream()).on("error", ignore);
+      const data = randomBytes(1 << 20);
+      const echoed = collect(stream);
+      await sendAll(stream, data);
+      assert.equal((await echoed).sha256, digest(data));
+      const said = engine.transportCaveats({ ...DEFAULT_TRANSPORT, ...transport }).some((caveat) => caveat.option === "maxUdpPayload");
+      const sent = Math.max(largest["to-server"], largest["to-client"]);
+      if (said) assert.ok(sent > 1232, `the engine says it cannot cap payloads; if it now does (largest ${sent} B), drop the caveat`);
+      else assert.ok(sent <= 1232, `largest datagram ${JSON.stringify(largest)}`);
       client.close();
       relay.close();
     });

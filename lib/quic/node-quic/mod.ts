@@ -7,7 +7,8 @@
  */
 import type { QuicEngine } from "../types.ts";
 import { connect, peekCertificate } from "./client.ts";
+import { transportCaveats } from "./options.ts";
 import { listen } from "./server.ts";
 
 /** The node-quic engine. */
-export const nodeQuicEngine: QuicEngine = { name: "node-quic", connect, listen, peekCertificate };
+export const nodeQuicEngine: QuicEngine = { name: "node-quic", transportCaveats, connect, listen, peekCertificate };

@@ -5,7 +5,7 @@
  * @module
  */
 import { createPrivateKey } from "node:crypto";
-import type { TlsMaterial, TransportOptions } from "../types.ts";
+import type { TlsMaterial, TransportCaveat, TransportOptions } from "../types.ts";
 import type { BunSessionOptions } from "./bun.ts";
 
 /**
@@ -22,6 +22,34 @@ export const CLIENT_INCOMING_STREAMS = 100;
  * violation that kills the connection; windows below about 1 MiB failed the same way in a probe.
  */
 const MIN_STREAM_WINDOW = 1 << 20;
+
+/**
+ * What Bun's node:quic does otherwise than `transport` asks. Measured through a relay: lsquic sizes
+ * its packets by its own path MTU discovery (up to 1,472-byte payloads on loopback) whatever
+ * `maxPayloadSize` says; the idle timeout is whole seconds; and smaller stream windows are raised
+ * (see {@link MIN_STREAM_WINDOW}).
+ */
+export function transportCaveats(transport: TransportOptions): TransportCaveat[] {
+  const caveats: TransportCaveat[] = [
+    {
+      option: "maxUdpPayload",
+      reason: `node-quic cannot cap UDP payloads at ${transport.maxUdpPayload} bytes: lsquic in Bun sizes its own packets by path MTU discovery (from 1,252 bytes, up to 1,472)`,
+    },
+  ];
+  if (transport.idleTimeoutMs % 1000 !== 0) {
+    caveats.push({
+      option: "idleTimeoutMs",
+      reason: `node-quic counts the idle timeout in whole seconds: ${transport.idleTimeoutMs} ms becomes ${Math.max(1, Math.round(transport.idleTimeoutMs / 1000))} s`,
+    });
+  }
+  if (transport.streamWindow < MIN_STREAM_WINDOW) {
+    caveats.push({
+      option: "streamWindow",
+      reason: `node-quic needs stream windows of at least ${MIN_STREAM_WINDOW} bytes (smaller ones broke connections in Bun), not ${transport.streamWindow}`,
+    });
+  }
+  return caveats;
+}
 
 /** The transport parameters and congestion settings both sides share. */
 function transportSettings(transport: TransportOptions, maxPeerStreams: number): BunSessionOptions {

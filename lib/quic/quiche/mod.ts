@@ -9,4 +9,4 @@ import { connect, peekCertificate } from "./client.ts";
 import { listen } from "./server.ts";
 
 /** The quiche engine. */
-export const quicheEngine: QuicEngine = { name: "quiche", connect, listen, peekCertificate };
+export const quicheEngine: QuicEngine = { name: "quiche", transportCaveats: () => [], connect, listen, peekCertificate };
