@@ -81,7 +81,10 @@ export async function serveControlStream(stream: Duplex, listeners: () => readon
 export interface Announcement {
   /** The server's client listeners; undefined when it does not answer (the reference's server never does). */
   listeners?: HostPort[];
-  /** The server ended or reset the stream without a word: it is refusing this agent, or going away. */
+  /**
+   * The server ended, reset or refused the stream without a word: it is refusing this agent, or
+   * going away (the agent then waits for the close before it calls itself connected).
+   */
   abandoned: boolean;
 }
 
@@ -91,7 +94,8 @@ export async function announceAgent(connection: QuicConnection, options: { kind:
   try {
     stream = await connection.openStream();
   } catch {
-    return { abandoned: connection.closed };
+    // A server that cannot take the stream: it is closing, or it is the reference, which takes none.
+    return { abandoned: true };
   }
   stream.on("error", () => {});
   stream.write(`AGENT ${options.kind}\n`);
