@@ -126,10 +126,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
 
   /**
    * Serves the streams of `connection` and tells the server what kind of agent this is; resolves
-   * once the server answered (with its listeners) or did not in time. Dials more connections when
-   * the open ones fill up.
+   * with the server's answer once it came, or did not in time. Dials more connections when the
+   * open ones fill up.
    */
-  /** Serves the server's streams on `connection`; resolves with the server's answer to the hello. */
   async function serve(connection: QuicConnection): Promise<Announcement> {
     const announcing = announceAgent(connection, { kind: options.kind, timeoutMs: HELLO_TIMEOUT_MS });
     const server: ServerInfo = {
