@@ -47,16 +47,16 @@ const tlsFiles = {
 };
 let tls: ReturnType<typeof loadTls>;
 let engine: QuicEngine;
-let transportCaveats: string[];
+let warnings: string[];
 try {
   tls = loadTls(tlsFiles);
   checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
-  transportCaveats = transportWarnings(engine, flags);
+  warnings = transportWarnings(engine, flags);
 } catch (err) {
   exitWithError("quic-agent-tcp", err);
 }
-for (const warning of transportCaveats) log.warn("{warning}", { warning });
+for (const warning of warnings) log.warn("{warning}", { warning });
 // Rotated certificates apply from the next connection; the open ones keep working.
 certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));
 

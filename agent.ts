@@ -68,17 +68,17 @@ const tlsFiles = {
 let tls: ReturnType<typeof loadTls>;
 let allowList: AllowList;
 let engine: QuicEngine;
-let transportCaveats: string[];
+let warnings: string[];
 try {
   tls = loadTls(tlsFiles);
   allowList = new AllowList(flags.allow);
   checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
-  transportCaveats = transportWarnings(engine, flags);
+  warnings = transportWarnings(engine, flags);
 } catch (err) {
   exitWithError("quic-agent", err);
 }
-for (const warning of transportCaveats) log.warn("{warning}", { warning });
+for (const warning of warnings) log.warn("{warning}", { warning });
 if (allowList.allowsAll) log.warn("no --allow rules: any host:port this agent can reach is reachable through the tunnel");
 // Rotated certificates apply from the next connection; the open ones keep working.
 certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => (tls = tlsMaterial(pems)) }));

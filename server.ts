@@ -124,7 +124,7 @@ const frontendFiles = flags["tcp-cert-file"]
 let tls: ReturnType<typeof loadTls>;
 let transport: ReturnType<typeof transportOptions>;
 let engine: QuicEngine;
-let transportCaveats: string[];
+let warnings: string[];
 try {
   if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
   if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
@@ -133,11 +133,11 @@ try {
   if (frontendFiles) loadPemSet(frontendFiles);
   transport = transportOptions(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
-  transportCaveats = transportWarnings(engine, flags);
+  warnings = transportWarnings(engine, flags);
 } catch (err) {
   exitWithError("quic-server", err);
 }
-for (const warning of transportCaveats) log.warn("{warning}", { warning });
+for (const warning of warnings) log.warn("{warning}", { warning });
 
 // Agents: those the CA signed (and --agent-subject names) take tunnels once they said what kind
 // they are; each learns the client listeners so that it can refuse loops back into them.
