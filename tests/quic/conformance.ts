@@ -409,6 +409,34 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       relay.close();
     });
 
+    test("once the peer's side has ended, a buffer handed to write may be freed after its callback", async () => {
+      const { client, serverSide } = await pair();
+      const atServer = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));
+      const stream = (await client.openStream()).on("error", ignore);
+      stream.end("x");
+      const serverStream = (await atServer).on("error", ignore);
+      const ended = new Promise((resolve) => serverStream.once("end", resolve));
+      serverStream.resume();
+      await ended;
+      const received = collect(stream);
+      const data = randomBytes(256 * 1024);
+      const expected = digest(data);
+      for (let offset = 0; offset < data.length; offset += 64 * 1024) {
+        // A copy of each slice, freed (its memory detached) as soon as the write's callback runs.
+        const chunk = Buffer.from(data.subarray(offset, offset + 64 * 1024));
+        await new Promise<void>((resolve, reject) =>
+          serverStream.write(chunk, (err) => {
+            if (err) return reject(err);
+            chunk.buffer.transfer(0);
+            resolve();
+          }),
+        );
+      }
+      serverStream.end();
+      assert.equal((await received).sha256, expected);
+      client.close();
+    });
+
     test("a reset stream is an error on the other side, with its code", async () => {
       const { client, serverSide } = await pair();
       serverSide.once("stream", (stream) => {

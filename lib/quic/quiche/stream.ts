@@ -198,7 +198,9 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       return;
     }
     const holdLast = () => {
-      this.#tail = data.subarray(data.length - 1);
+      // A copy: once the callback runs, the writer may reuse or free its buffer (the pipe frees
+      // large ones, detaching them).
+      this.#tail = Buffer.from(data.subarray(data.length - 1));
       this.#tailTimer = setTimeout(() => this.#releaseTail(), TAIL_HOLD_MS);
       callback();
     };
