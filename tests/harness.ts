@@ -133,16 +133,8 @@ export function parseMetrics(text: string): Map<string, number> {
 
 /** GETs `path` from an admin endpoint on loopback. */
 export async function adminGet(port: number, path: string): Promise<{ status: number; body: string }> {
-  // A request sent on a kept-alive connection just as the endpoint closes it (after a refusal,
-  // which closes) fails at the socket, ECONNRESET under Node's fetch; a scraper asks again.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      const response = await fetch(`http://127.0.0.1:${port}${path}`);
-      return { status: response.status, body: await response.text() };
-    } catch (err) {
-      if (attempt === 3) throw err;
-    }
-  }
+  const response = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: response.status, body: await response.text() };
 }
 
 /** The metrics of a role started with `--admin-addr 127.0.0.1:0`. */
