@@ -110,7 +110,7 @@ Options:
   --json FILE       also write every raw measurement to FILE as JSON
   -h, --help        print this help
 
-Flags after a lone -- go to our server and agent (both engines), e.g. -- --max-udp-payload 1452.
+Flags after a lone -- go to our server and agent (both engines), e.g. -- --cc bbr (a flag an engine cannot honour makes its roles exit).
 Goals printed against the reference: download and upload >= 1.5x, CONNECT p50 <= 1x,
 concurrent wall <= 1.5x with 0 errors, peak RSS <= 64 MB per role.
 `;
