@@ -82,11 +82,11 @@ test("server and agent name the kernel's cap on UDP socket buffers at start, exa
   const server = track(await startServer());
   const agent = track(await startAgent(server.quicPort));
   const expected = udpBufferShortfall();
-  for (const [role, process] of [
+  for (const [role, started] of [
     ["server", server],
     ["agent", agent],
   ] as const) {
-    const line = process
+    const line = started
       .log()
       .split("\n")
       .find((text) => text.includes("the kernel caps UDP socket buffers"));
