@@ -77,10 +77,13 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       servers.push(server);
       return server;
     };
-    const dial = (server: QuicServer, extra: { tls?: TlsMaterial; serverName?: string; transport?: Partial<TransportOptions> } = {}) =>
+    const dial = (
+      server: QuicServer,
+      extra: { tls?: TlsMaterial; serverName?: string; transport?: Partial<TransportOptions>; port?: number } = {},
+    ) =>
       engine.connect({
         host: "127.0.0.1",
-        port: server.address().port,
+        port: extra.port ?? server.address().port,
         serverName: extra.serverName ?? "quic-tunnel-server",
         tls: extra.tls ?? clientTls(certs),
         transport: extra.transport,
@@ -93,6 +96,15 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       // Streams still open when a test closes its connection end with an error; tests that care listen.
       for (const connection of [client, serverSide]) connection.on("stream", (stream) => stream.on("error", ignore));
       return { server, client, serverSide };
+    }
+
+    /** A client and the server side of its connection, through a relay that loses what `drop` says. */
+    async function pairThroughRelay(drop: Parameters<typeof udpRelay>[1], transport: Partial<TransportOptions> = {}) {
+      const server = await listen(transport);
+      const relay = await udpRelay(server.address().port, drop);
+      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
+      const client = await dial(server, { transport, port: relay.port });
+      return { client, serverSide: await accepted, relay };
     }
 
     test("mutual TLS: each side sees the other's certificate", async () => {
@@ -275,17 +287,13 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
      * carries a FIN sent on its own while the data is not yet acknowledged.
      */
     async function pairLosingFinAfterData() {
-      const server = await listen();
       const rule = { armed: false, sawData: false, dropped: false };
-      const relay = await udpRelay(server.address().port, (direction, datagram) => {
+      const { client, serverSide, relay } = await pairThroughRelay((direction, datagram) => {
         if (direction !== "to-server" || !rule.armed || rule.dropped) return false;
         if (rule.sawData) rule.dropped = true;
         else if (datagram.length > 1000) rule.sawData = true;
         return rule.dropped;
       });
-      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
-      const client = await engine.connect({ host: "127.0.0.1", port: relay.port, serverName: "quic-tunnel-server", tls: clientTls(certs) });
-      const serverSide = await accepted;
       const atServer = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));
       return { client, relay, rule, atServer };
     }
@@ -340,21 +348,17 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
     });
 
     test("200 streams (or as many as the client takes) echo intact through bursts of loss both ways, and every one ends (cloudflare/quiche#2525)", async () => {
-      const server = await listen();
       // Six datagrams in every 60 lost in a row, each way, while traffic is dense (one that comes
       // after 5 ms of quiet passes): bursts like a full receive buffer's, which take every copy of
       // a FIN sent in one go, but never a keep-alive.
       const losing = { on: false, "to-server": { seen: 0, at: 0 }, "to-client": { seen: 0, at: 0 } };
-      const relay = await udpRelay(server.address().port, (direction) => {
+      const { client, serverSide, relay } = await pairThroughRelay((direction) => {
         const way = losing[direction];
         const now = performance.now();
         const dense = now - way.at < 5;
         way.at = now;
         return losing.on && dense && ++way.seen % 60 >= 54;
       });
-      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
-      const client = await engine.connect({ host: "127.0.0.1", port: relay.port, serverName: "quic-tunnel-server", tls: clientTls(certs) });
-      const serverSide = await accepted;
       losing.on = true;
       // The client answers each stream as a target behind an agent does: it echoes until the
       // server's FIN, then ends with its last bytes.
@@ -381,21 +385,12 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
 
     test("--max-udp-payload caps every datagram both ways, or the engine says it cannot", async () => {
       const transport = { maxUdpPayload: 1232 };
-      const server = await listen(transport);
       const largest = { "to-server": 0, "to-client": 0 };
-      const relay = await udpRelay(server.address().port, (direction, datagram) => {
+      const { client, serverSide, relay } = await pairThroughRelay((direction, datagram) => {
         largest[direction] = Math.max(largest[direction], datagram.length);
         return false;
-      });
-      const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
-      const client = await engine.connect({
-        host: "127.0.0.1",
-        port: relay.port,
-        serverName: "quic-tunnel-server",
-        tls: clientTls(certs),
-        transport,
-      });
-      (await accepted).on("stream", (stream) => stream.on("error", ignore).pipe(stream));
+      }, transport);
+      serverSide.on("stream", (stream) => stream.on("error", ignore).pipe(stream));
       const stream = (await client.openStream()).on("error", ignore);
       const data = randomBytes(1 << 20);
       const echoed = collect(stream);
