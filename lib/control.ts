@@ -32,14 +32,18 @@ export type ControlMessage = { type: "hello"; kind: AgentKind } | { type: "goawa
  */
 const MAX_LINE = 64 * 1024;
 
-/**
- * Reads one line (without its newline) from `stream`: no line when it ends, fails or runs long;
- * `abandoned` when the peer ended or reset the stream without one.
- */
-function readLine(stream: Duplex, timeoutMs: number): Promise<{ line?: string; abandoned?: boolean }> {
+/** One line read from a control stream: none when it ended, failed or ran long. */
+interface LineRead {
+  line?: string;
+  /** The peer ended or reset the stream without a line. */
+  abandoned?: boolean;
+}
+
+/** Reads one line (without its newline) from `stream`. */
+function readLine(stream: Duplex, timeoutMs: number): Promise<LineRead> {
   return new Promise((resolve) => {
     let text = "";
-    const finish = (result: { line?: string; abandoned?: boolean }) => {
+    const finish = (result: LineRead) => {
       clearTimeout(timer);
       stream.off("data", onData);
       stream.off("end", onEnd);
