@@ -17,6 +17,7 @@ import {
   COMMON_FLAGS,
   exitWithError,
   parseCommandLine,
+  retryWarnings,
   TRANSPORT_FLAGS,
   transportOptions,
   transportWarnings,
@@ -96,7 +97,11 @@ const flags = parseCommandLine(
       default: "15s",
       help: "How long the server waits for an agent's answer to a CONNECT (its own dial takes up to its --dial-timeout) before it resets the stream and answers 504; an agent that missed it takes new tunnels only when no other agent can, for a minute.",
     },
-    "quic-retry": { kind: "bool", default: "true", help: "Validate agent addresses with a stateless QUIC Retry before keeping state." },
+    "quic-retry": {
+      kind: "bool",
+      default: "true",
+      help: "Validate agent addresses with a stateless QUIC Retry before keeping state. The node-quic engine cannot send Retry: it warns at the default and refuses the flag when given.",
+    },
     ...TRANSPORT_FLAGS,
     ...COMMON_FLAGS,
   },
@@ -133,7 +138,7 @@ try {
   if (frontendFiles) loadPemSet(frontendFiles);
   transport = transportOptions(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
-  warnings = transportWarnings(engine, flags);
+  warnings = [...transportWarnings(engine, flags), ...retryWarnings(engine, flags)];
 } catch (err) {
   exitWithError("quic-server", err);
 }

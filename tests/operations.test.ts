@@ -31,6 +31,7 @@ import {
   scratchCerts,
   serverTlsArgs,
   sha256,
+  spawnRole,
   startAgent,
   startLossyRelay,
   startServer,
@@ -107,6 +108,20 @@ test("a transport flag the engine cannot honour is refused when given and warned
   assert.match(warned.log(), /WARN.*node-quic cannot cap UDP payloads at 1232 bytes.*\(--max-udp-payload is at its default\)/);
   const quiche = track(await startAgent(server.quicPort, { engine: "quiche", args: ["--max-udp-payload", "1232"] }));
   assert.doesNotMatch(quiche.log(), /cannot cap UDP payloads/);
+});
+
+test("--quic-retry on node-quic, which cannot send Retry: refused when given, a warning at its default, silent when off", {
+  skip: SLOW_TRANSPORT,
+}, async (t) => {
+  if (!ENGINES.includes("node-quic")) return skip(t, "node:quic is not available on this runtime");
+  const listen = ["--listen-tcp", "127.0.0.1:0", "--listen-quic", "127.0.0.1:0", ...serverTlsArgs(scratchCerts())];
+  const refused = track(spawnRole("server.ts", [...listen, "--quic-retry"], { engine: "node-quic" }));
+  assert.equal(await refused.exited, 1);
+  assert.match(refused.log(), /--quic-retry: node-quic cannot validate agent addresses with a QUIC Retry/);
+  const retryWarning = /WARN.*node-quic cannot validate agent addresses with a QUIC Retry.*\(--quic-retry is at its default/;
+  assert.match(track(await startServer({ engine: "node-quic" })).log(), retryWarning);
+  assert.doesNotMatch(track(await startServer({ engine: "node-quic", args: ["--quic-retry=false"] })).log(), /QUIC Retry/);
+  assert.doesNotMatch(track(await startServer({ engine: "quiche", args: ["--quic-retry"] })).log(), /QUIC Retry/);
 });
 
 describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {

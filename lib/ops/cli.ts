@@ -217,6 +217,17 @@ export function transportWarnings(engine: QuicEngine, flags: ParsedFlags<typeof 
 }
 
 /**
+ * What the server's `--quic-retry` will not do on `engine`, for the log: nothing when the engine
+ * sends Retry or the flag is off. Throws a {@link FlagError} when the user asked for Retry by name
+ * on an engine that cannot send one.
+ */
+export function retryWarnings(engine: QuicEngine, flags: { "quic-retry": boolean; given: ReadonlySet<string> }): string[] {
+  if (engine.retryCaveat === undefined || !flags["quic-retry"]) return [];
+  if (flags.given.has("quic-retry")) throw new FlagError(`--quic-retry: ${engine.retryCaveat}`);
+  return [`${engine.retryCaveat} (--quic-retry is at its default; --quic-retry=false says so)`];
+}
+
+/**
  * Parses a role's command line. Prints help or version and exits 0 when asked; prints the error
  * and exits 2 on a bad command line, as Go's `flag` package does.
  */

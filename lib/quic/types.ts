@@ -149,15 +149,20 @@ export interface ListenOptions {
   limits?: Partial<HandshakeLimits>;
 }
 
-/** A QUIC implementation behind the interface above. */
 /** A transport option an engine cannot honour as asked, and why, in words. */
 export interface TransportCaveat {
   option: keyof TransportOptions;
   reason: string;
 }
 
+/** A QUIC implementation behind the interface above. */
 export interface QuicEngine {
   readonly name: EngineName;
+  /**
+   * Why this engine's server cannot validate client addresses with a stateless Retry, when it
+   * cannot: {@link ListenOptions.retry} is then not honoured, and a role says so at start.
+   */
+  readonly retryCaveat?: string;
   /**
    * What of `transport` (defaults filled in) this engine does otherwise than asked; empty when it
    * honours all of it. A role refuses such an option when the user set it, and warns otherwise.

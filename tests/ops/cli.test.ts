@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { AGENT_FLAGS, transportWarnings } from "../../lib/ops/cli.ts";
+import { AGENT_FLAGS, retryWarnings, transportWarnings } from "../../lib/ops/cli.ts";
 import { FlagError, parseFlags } from "../../lib/ops/flags.ts";
 import type { QuicEngine, TransportCaveat, TransportOptions } from "../../lib/quic/mod.ts";
 import { udpBufferShortfall } from "../../lib/quic/mod.ts";
@@ -48,4 +48,18 @@ test("a flag left at its default that the engine cannot honour is a warning that
 test("an engine that honours everything adds no warning", () => {
   const engine = { ...engineWithCaveat(), transportCaveats: () => [] };
   assert.equal(transportWarnings(engine, agentFlags(["--max-udp-payload", "1452"])).length, hostWarnings());
+});
+
+test("--quic-retry on an engine that cannot send Retry: refused when given, a warning at its default, silent when off", () => {
+  const engine = { ...engineWithCaveat(), retryCaveat: "cannot send Retry" };
+  const flags = (value: boolean, given: string[]) => ({ "quic-retry": value, given: new Set(given) });
+  assert.throws(
+    () => retryWarnings(engine, flags(true, ["quic-retry"])),
+    (err: Error) => err instanceof FlagError && err.message === "--quic-retry: cannot send Retry",
+  );
+  assert.deepEqual(retryWarnings(engine, flags(true, [])), [
+    "cannot send Retry (--quic-retry is at its default; --quic-retry=false says so)",
+  ]);
+  assert.deepEqual(retryWarnings(engine, flags(false, ["quic-retry"])), []);
+  assert.deepEqual(retryWarnings(engineWithCaveat(), flags(true, ["quic-retry"])), [], "an engine that sends Retry takes the flag");
 });

@@ -404,6 +404,42 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       relay.close();
     });
 
+    test("a client's Initial from an address that never answers: a Retry, or the engine says it cannot; never 3x the bytes back", async () => {
+      const server = await engine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(certs), retry: true });
+      servers.push(server);
+      // A genuine Initial (a real ClientHello): the first datagram of this engine's own client, caught.
+      const trap = dgram.createSocket("udp4");
+      await new Promise<void>((resolve) => trap.bind(0, "127.0.0.1", resolve));
+      const caught = new Promise<Buffer>((resolve) => trap.once("message", resolve));
+      const attempt = engine
+        .connect({
+          host: "127.0.0.1",
+          port: trap.address().port,
+          serverName: "quic-tunnel-server",
+          tls: clientTls(certs),
+          transport: { handshakeTimeoutMs: 1000 },
+        })
+        .then((connection) => connection.close(), ignore);
+      const initial = await caught;
+      trap.close();
+      const stranger = dgram.createSocket("udp4");
+      await new Promise<void>((resolve) => stranger.bind(0, "127.0.0.1", resolve));
+      const replies: Buffer[] = [];
+      stranger.on("message", (reply) => replies.push(reply));
+      stranger.send(initial, server.address().port, "127.0.0.1");
+      await until(() => replies.length > 0, "an answer to the Initial", { timeoutMs: 2000 });
+      // What else comes back is the server's retransmissions toward an address that never answers:
+      // they end within RFC 9000's 3x or by loss-recovery giving up, so a window of time is the measure.
+      await pause(3000);
+      stranger.close();
+      await attempt;
+      const back = replies.reduce((sum, reply) => sum + reply.length, 0);
+      const isRetry = (replies[0][0] & 0xf0) === 0xf0;
+      if (engine.retryCaveat === undefined) assert.ok(isRetry, `a Retry first, got a packet of first byte 0x${replies[0][0].toString(16)}`);
+      else assert.ok(!isRetry, "the engine says it cannot send Retry; if it now does, drop its retryCaveat");
+      assert.ok(back < 3 * initial.length, `${back} bytes back for an Initial of ${initial.length}`);
+    });
+
     test("once the peer's side has ended, a buffer handed to write may be freed after its callback", async () => {
       const { client, serverSide } = await pair();
       const atServer = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));

@@ -8,7 +8,14 @@
 import type { QuicEngine } from "../types.ts";
 import { connect, peekCertificate } from "./client.ts";
 import { transportCaveats } from "./options.ts";
-import { listen } from "./server.ts";
+import { listen, RETRY_CAVEAT } from "./server.ts";
 
 /** The node-quic engine. */
-export const nodeQuicEngine: QuicEngine = { name: "node-quic", transportCaveats, connect, listen, peekCertificate };
+export const nodeQuicEngine: QuicEngine = {
+  name: "node-quic",
+  retryCaveat: RETRY_CAVEAT,
+  transportCaveats,
+  connect,
+  listen,
+  peekCertificate,
+};
