@@ -104,7 +104,8 @@ Options:
   --mib N           MiB per transfer (default 256)
   --tunnels N       sequential tunnels for the latency (default 300)
   --concurrent N    tunnels per concurrent burst (default 200)
-  --reference DIR   directory with the Go reference's quic-server and quic-client
+  --reference DIR   directory with the Go reference's quic-server and quic-client, built as it
+                    ships (quic-go v0.42.0, Go 1.22); the table names the quic-go it was built with
                     (default: the environment variable QUIC_TUNNEL_REFERENCE; off if neither)
   --paths LIST      comma-separated subset of quiche,node-quic,reference,relay,direct (default all)
   --json FILE       also write every raw measurement to FILE as JSON
@@ -378,6 +379,18 @@ function tunnelRequest(port: number, targetPort: number, direct: boolean): Promi
     socket.on("error", () => resolve(false));
     socket.setTimeout(30_000, () => finish(false));
   });
+}
+
+/**
+ * Which build of the reference runs, from the Go build information in its server binary: a build
+ * with Debian's quic-go 0.29 moves about half of what the shipped one (0.42) does.
+ */
+function referenceBuild(dir: string): string {
+  const binary = join(dir, "quic-server");
+  const info = readFileSync(binary, "latin1");
+  const quicGo = /\tgithub\.com\/quic-go\/quic-go\t(v[^\t\n]+)/.exec(info)?.[1] ?? "unknown";
+  const go = /\bgo1\.\d+(?:\.\d+)?\b/.exec(info)?.[0] ?? "unknown";
+  return `${binary}, quic-go ${quicGo}, ${go}`;
 }
 
 /** Tries CONNECT through `port` until it answers 200 (the reference's agent logs nothing when it connects). */
@@ -745,6 +758,7 @@ function report(
   console.log(
     `(1-minute load average ${load.start.toFixed(2)} before, ${load.end.toFixed(2)} after, ${availableParallelism()} CPUs; a busy machine skews every column)`,
   );
+  if (ref) console.log(`(reference: ${referenceBuild(opts.reference as string)})`);
   console.log("(direct: no proxy, its CONNECT row is the bare TCP connect; relay: scripts/connect-relay.ts, one process)\n");
   console.log(table(rows));
   if (!ref) console.log("\n(no reference: give --reference DIR or QUIC_TUNNEL_REFERENCE for the ratios and goals)");
