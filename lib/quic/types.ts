@@ -164,6 +164,11 @@ export interface QuicEngine {
    */
   readonly retryCaveat?: string;
   /**
+   * Why this engine's connection does not survive a NAT rebinding (the client's packets arriving
+   * from a new address or port), when it does not: its streams then fail, and the agent reconnects.
+   */
+  readonly rebindingCaveat?: string;
+  /**
    * What of `transport` (defaults filled in) this engine does otherwise than asked; empty when it
    * honours all of it. A role refuses such an option when the user set it, and warns otherwise.
    */

@@ -8,12 +8,13 @@
 import type { QuicEngine } from "../types.ts";
 import { connect, peekCertificate } from "./client.ts";
 import { transportCaveats } from "./options.ts";
-import { listen, RETRY_CAVEAT } from "./server.ts";
+import { listen, REBINDING_CAVEAT, RETRY_CAVEAT } from "./server.ts";
 
 /** The node-quic engine. */
 export const nodeQuicEngine: QuicEngine = {
   name: "node-quic",
   retryCaveat: RETRY_CAVEAT,
+  rebindingCaveat: REBINDING_CAVEAT,
   transportCaveats,
   connect,
   listen,

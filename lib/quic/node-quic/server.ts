@@ -31,6 +31,14 @@ const ignore = () => {};
 export const RETRY_CAVEAT =
   "node-quic cannot validate agent addresses with a QUIC Retry: lsquic in Bun 1.4.5 ignores validateAddress and answers every Initial with its handshake flight (about 2x its size, within RFC 9000's 3x), so a flood of Initials from one address can cut agents off; use --quic-engine quiche where strangers can reach the QUIC port";
 
+/**
+ * Measured through a relay that moves the client to a new source port mid-transfer (the
+ * conformance suite's rebinding case): Bun's lsquic connection stops within its idle timeout and
+ * every stream on it fails.
+ */
+export const REBINDING_CAVEAT =
+  "node-quic connections do not survive a NAT rebinding (lsquic in Bun 1.4.5 stops the connection when the client's address or port changes): its tunnels fail and the agent reconnects";
+
 /** The server endpoint; see {@link QuicServer}. */
 export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicServer {
   #endpoint: QuicEndpoint | undefined;

@@ -113,6 +113,19 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   #rttMs = 0;
   #rttReadAt = 0;
   #packetsProduced = 0;
+  /** The path of the first datagram, the only one quiche is told of. */
+  #firstPath: PathInfo | undefined;
+  /**
+   * Where a server's peer is now. A NAT that rebinds moves the agent to a new port or address, and
+   * quiche 0.18's own migration then stalls every stream with data in flight: packets sent on the
+   * old path after its last acknowledgement are never declared lost (each path's loss detection
+   * runs only on acks of its own packets), so their data is never sent again. So quiche keeps
+   * seeing the first path, and packets go wherever the latest authenticated, non-duplicate packet
+   * came from. What that gives up is quiche's validation of the new address (RFC 9000 §8.2): an
+   * attacker who sees a packet and forwards a copy first, from elsewhere, draws the server's
+   * packets there until the agent's next packet, which is at most an ack delay away while data moves.
+   */
+  #peerAt: { host: string; port: number } | undefined;
 
   constructor(native: Connection, options: QuicheConnectionOptions) {
     super(options.peer);
@@ -130,7 +143,8 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
       }
       if (result === null) return null;
       this.#packetsProduced++;
-      return { length: result[0], host: result[1].to.host, port: result[1].to.port };
+      const to = this.#peerAt ?? result[1].to;
+      return { length: result[0], host: to.host, port: to.port };
     };
     this.#options = options.transport;
     this.#nextLocalStream = options.isServer ? 1 : 0;
@@ -157,12 +171,20 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     // travel in short-header packets, which a refusing server never sends; so the first datagram
     // whose packets all decrypt and whose last packet is a short-header one confirms it.
     const confirming = !this.#isServer && !this.#confirmedByServer && this.native.isEstablished();
-    const before = confirming ? this.native.stats().recv : 0;
+    let fromElsewhere = false;
+    if (this.#isServer) {
+      this.#firstPath ??= path;
+      this.#peerAt ??= path.from;
+      fromElsewhere = path.from.port !== this.#peerAt.port || path.from.host !== this.#peerAt.host;
+    }
+    const before = confirming || fromElsewhere ? this.native.stats().recv : 0;
     try {
-      this.native.recv(datagram, path);
+      // A server's quiche always sees the first path: see `#peerAt`.
+      this.native.recv(datagram, this.#firstPath ?? path);
     } catch {
       // A packet quiche rejects (undecryptable, duplicate) is dropped, as QUIC requires.
     }
+    if (fromElsewhere && this.native.stats().recv > before) this.#peerAt = path.from;
     if (confirming) {
       const packets = packetsInDatagram(datagram);
       if (packets.lastIsShort && this.native.stats().recv - before === packets.count) this.#confirmedByServer = true;
