@@ -67,6 +67,8 @@ export interface LossyRelay {
   port: number;
   /** Datagrams forwarded and dropped so far. */
   stats(): Promise<{ forwarded: number; dropped: number }>;
+  /** Moves the client's traffic to a new source port toward the target, as a NAT does. */
+  rebind(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -109,6 +111,10 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
     async stats() {
       child.stdin.write("stats\n");
       return JSON.parse(await nextLine());
+    },
+    async rebind() {
+      child.stdin.write("rebind\n");
+      await nextLine();
     },
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;

@@ -62,7 +62,7 @@ export const TRANSPORT_FLAGS = {
     value: "name",
     choices: ENGINE_CHOICES,
     default: "auto",
-    help: "QUIC implementation: quiche (the @matrixai/quic addon, linux-x64; holds a fast sender back for a slow reader), node-quic (the runtime's built-in node:quic: Bun, any CPU), or auto (quiche where its addon loads, else node-quic).",
+    help: "QUIC implementation: quiche (the @matrixai/quic addon, linux-x64; holds a fast sender back for a slow reader, survives a NAT rebinding, sends Retry), node-quic (the runtime's built-in node:quic: Bun, any CPU; none of those three: see the README), or auto (quiche where its addon loads, else node-quic).",
   },
   alpn: {
     kind: "string",
