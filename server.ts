@@ -100,7 +100,7 @@ const flags = parseCommandLine(
     "quic-retry": {
       kind: "bool",
       default: "true",
-      help: "Validate agent addresses with a stateless QUIC Retry before keeping state. The node-quic engine cannot send Retry: it warns at the default and refuses the flag when given.",
+      help: "Validate agent addresses with a stateless QUIC Retry before keeping state. The node-quic engine cannot send Retry: it warns at the default and refuses --quic-retry or --quic-retry=true; --quic-retry=false turns Retry off on every engine.",
     },
     ...TRANSPORT_FLAGS,
     ...COMMON_FLAGS,

@@ -114,7 +114,8 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
     },
     async rebind() {
       child.stdin.write("rebind\n");
-      await nextLine();
+      const line = await nextLine();
+      if (!/^rebound \d+$/.test(line)) throw new Error(`the relay answered rebind with ${JSON.stringify(line)}`);
     },
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;

@@ -101,7 +101,7 @@ for (const engine of ENGINES) {
         const seconds = ((performance.now() - started) / 1000).toFixed(1);
         if (rebindingCaveat !== undefined) {
           assert.ok(down.code !== 0 || up.code !== 0, `the engine says it cannot keep the connection (${rebindingCaveat})`);
-          await agent.waitFor(/connection to server .* lost/);
+          await agent.waitFor(/connection to server .* lost[\s\S]*connected to server/);
           return;
         }
         // 64 MiB at 16 MiB/s takes 4 s: what is beyond is the time the transfers paused.

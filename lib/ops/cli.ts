@@ -224,7 +224,7 @@ export function transportWarnings(engine: QuicEngine, flags: ParsedFlags<typeof 
 export function retryWarnings(engine: QuicEngine, flags: { "quic-retry": boolean; given: ReadonlySet<string> }): string[] {
   if (engine.retryCaveat === undefined || !flags["quic-retry"]) return [];
   if (flags.given.has("quic-retry")) throw new FlagError(`--quic-retry: ${engine.retryCaveat}`);
-  return [`${engine.retryCaveat} (--quic-retry is at its default; --quic-retry=false says so)`];
+  return [`${engine.retryCaveat} (--quic-retry is at its default; --quic-retry=false turns this warning off)`];
 }
 
 /**

@@ -58,7 +58,7 @@ test("--quic-retry on an engine that cannot send Retry: refused when given, a wa
     (err: Error) => err instanceof FlagError && err.message === "--quic-retry: cannot send Retry",
   );
   assert.deepEqual(retryWarnings(engine, flags(true, [])), [
-    "cannot send Retry (--quic-retry is at its default; --quic-retry=false says so)",
+    "cannot send Retry (--quic-retry is at its default; --quic-retry=false turns this warning off)",
   ]);
   assert.deepEqual(retryWarnings(engine, flags(false, ["quic-retry"])), []);
   assert.deepEqual(retryWarnings(engineWithCaveat(), flags(true, ["quic-retry"])), [], "an engine that sends Retry takes the flag");

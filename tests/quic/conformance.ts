@@ -426,13 +426,16 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       await new Promise<void>((resolve) => stranger.bind(0, "127.0.0.1", resolve));
       const replies: Buffer[] = [];
       stranger.on("message", (reply) => replies.push(reply));
-      stranger.send(initial, server.address().port, "127.0.0.1");
-      await until(() => replies.length > 0, "an answer to the Initial", { timeoutMs: 2000 });
-      // What else comes back is the server's retransmissions toward an address that never answers:
-      // they end within RFC 9000's 3x or by loss-recovery giving up, so a window of time is the measure.
-      await pause(3000);
-      stranger.close();
-      await attempt;
+      try {
+        stranger.send(initial, server.address().port, "127.0.0.1");
+        await until(() => replies.length > 0, "an answer to the Initial", { timeoutMs: 2000 });
+        // What else comes back is the server's retransmissions toward an address that never answers:
+        // they end within RFC 9000's 3x or by loss-recovery giving up, so a window of time is the measure.
+        await pause(3000);
+      } finally {
+        stranger.close();
+        await attempt;
+      }
       const back = replies.reduce((sum, reply) => sum + reply.length, 0);
       const isRetry = (replies[0][0] & 0xf0) === 0xf0;
       if (engine.retryCaveat === undefined) assert.ok(isRetry, `a Retry first, got a packet of first byte 0x${replies[0][0].toString(16)}`);
@@ -442,72 +445,73 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
 
     test("64 MiB each way in flight across two NAT rebindings arrive intact, an idle stream opened before still works; or the engine says it cannot and its streams fail", async (t) => {
       const { client, serverSide, relay } = await pairThroughRelay(() => false);
-      const download = randomBytes(64 << 20);
-      const upload = randomBytes(64 << 20);
-      let uploadAtServer: Promise<{ bytes: number; sha256: string }> | undefined;
-      serverSide.on("stream", (stream) => {
-        stream.on("error", ignore);
-        stream.once("data", (first: Buffer) => {
-          if (first.toString() === "echo") {
-            stream.write(first);
-            stream.pipe(stream);
-          } else if (first.toString() === "download") {
-            sendAll(stream, download).catch(ignore);
-          } else {
-            stream.unshift(first);
-            uploadAtServer = collect(stream);
-            uploadAtServer.catch(ignore);
-          }
+      try {
+        const download = randomBytes(64 << 20);
+        const upload = randomBytes(64 << 20);
+        let uploadAtServer: Promise<{ bytes: number; sha256: string }> | undefined;
+        serverSide.on("stream", (stream) => {
+          stream.on("error", ignore);
+          stream.once("data", (first: Buffer) => {
+            if (first.toString() === "echo") {
+              stream.write(first);
+              stream.pipe(stream);
+            } else if (first.toString() === "download") {
+              sendAll(stream, download).catch(ignore);
+            } else {
+              stream.unshift(first);
+              uploadAtServer = collect(stream);
+              uploadAtServer.catch(ignore);
+            }
+          });
         });
-      });
-      const idle = (await client.openStream()).on("error", ignore);
-      idle.write("echo");
-      await new Promise((resolve) => idle.once("data", resolve));
-      const down = (await client.openStream()).on("error", ignore);
-      down.end("download");
-      let received = 0;
-      let lastByteAt = performance.now();
-      let longestPause = 0;
-      down.on("data", (chunk: Buffer) => {
-        const now = performance.now();
-        longestPause = Math.max(longestPause, now - lastByteAt);
-        lastByteAt = now;
-        received += chunk.length;
-      });
-      const downloaded = collect(down);
-      const up = (await client.openStream()).on("error", ignore);
-      const uploaded = sendAll(up, upload);
-      const both = Promise.all([downloaded, uploaded]);
-      both.catch(ignore);
-      await until(
-        () => received >= 8 << 20,
-        () => `8 MiB downloaded before the first rebinding (${received})`,
-        { timeoutMs: 20_000 },
-      );
-      await relay.rebind();
-      if (engine.rebindingCaveat !== undefined) {
-        // It cannot keep the connection: then every stream fails, within the idle timeout, never hangs.
-        await assert.rejects(both, "the transfer fails once the connection is gone");
+        const idle = (await client.openStream()).on("error", ignore);
+        idle.write("echo");
+        await new Promise((resolve) => idle.once("data", resolve));
+        const down = (await client.openStream()).on("error", ignore);
+        down.end("download");
+        let received = 0;
+        let lastByteAt = performance.now();
+        let longestPause = 0;
+        down.on("data", (chunk: Buffer) => {
+          const now = performance.now();
+          longestPause = Math.max(longestPause, now - lastByteAt);
+          lastByteAt = now;
+          received += chunk.length;
+        });
+        const downloaded = collect(down);
+        const up = (await client.openStream()).on("error", ignore);
+        const uploaded = sendAll(up, upload);
+        const both = Promise.all([downloaded, uploaded]);
+        both.catch(ignore);
+        await until(
+          () => received >= 8 << 20,
+          () => `8 MiB downloaded before the first rebinding (${received})`,
+          { timeoutMs: 20_000 },
+        );
+        await relay.rebind();
+        if (engine.rebindingCaveat !== undefined) {
+          // It cannot keep the connection: then every stream fails, within the idle timeout, never hangs.
+          await assert.rejects(both, "the transfer fails once the connection is gone");
+          return;
+        }
+        await until(
+          () => received >= 24 << 20,
+          () => `24 MiB downloaded before the second rebinding (${received})`,
+          { timeoutMs: 20_000 },
+        );
+        await relay.rebind();
+        const [result] = await both;
+        t.diagnostic(`longest pause in the download: ${longestPause.toFixed(0)} ms`);
+        assert.equal(result.sha256, digest(download));
+        await until(() => uploadAtServer, "the upload's stream at the server");
+        assert.equal((await uploadAtServer)?.sha256, digest(upload));
+        const echoed = new Promise<Buffer>((resolve) => idle.once("data", resolve));
+        idle.write("still here");
+        assert.equal((await echoed).toString(), "still here");
+      } finally {
         client.close();
         relay.close();
-        return;
       }
-      await until(
-        () => received >= 24 << 20,
-        () => `24 MiB downloaded before the second rebinding (${received})`,
-        { timeoutMs: 20_000 },
-      );
-      await relay.rebind();
-      const [result] = await both;
-      t.diagnostic(`longest pause in the download: ${longestPause.toFixed(0)} ms`);
-      assert.equal(result.sha256, digest(download));
-      await until(() => uploadAtServer, "the upload's stream at the server");
-      assert.equal((await uploadAtServer)?.sha256, digest(upload));
-      const echoed = new Promise<Buffer>((resolve) => idle.once("data", resolve));
-      idle.write("still here");
-      assert.equal((await echoed).toString(), "still here");
-      client.close();
-      relay.close();
     });
 
     test("once the peer's side has ended, a buffer handed to write may be freed after its callback", async () => {

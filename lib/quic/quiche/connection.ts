@@ -113,17 +113,18 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   #rttMs = 0;
   #rttReadAt = 0;
   #packetsProduced = 0;
-  /** The path of the first datagram, the only one quiche is told of. */
+  /** A server's first path: the only one its quiche is told of (see `#peerAt`). */
   #firstPath: PathInfo | undefined;
   /**
    * Where a server's peer is now. A NAT that rebinds moves the agent to a new port or address, and
    * quiche 0.18's own migration then stalls every stream with data in flight: packets sent on the
    * old path after its last acknowledgement are never declared lost (each path's loss detection
    * runs only on acks of its own packets), so their data is never sent again. So quiche keeps
-   * seeing the first path, and packets go wherever the latest authenticated, non-duplicate packet
-   * came from. What that gives up is quiche's validation of the new address (RFC 9000 §8.2): an
-   * attacker who sees a packet and forwards a copy first, from elsewhere, draws the server's
-   * packets there until the agent's next packet, which is at most an ack delay away while data moves.
+   * seeing the first path, and once the handshake is done, packets go wherever the first copy of
+   * a new 1-RTT packet came from. What that gives up is quiche's validation of the new address
+   * (RFC 9000 §8.2, §9.3.3): an attacker who sees the agent's packets and forwards each copy faster
+   * from elsewhere draws the server's packets there for as long as it wins every race, and an old
+   * packet arriving late from the old address moves them back until the next one.
    */
   #peerAt: { host: string; port: number } | undefined;
 
@@ -175,7 +176,8 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     if (this.#isServer) {
       this.#firstPath ??= path;
       this.#peerAt ??= path.from;
-      fromElsewhere = path.from.port !== this.#peerAt.port || path.from.host !== this.#peerAt.host;
+      // Only once established: Initial packets are protected by keys anyone watching can derive.
+      fromElsewhere = this.established && (path.from.port !== this.#peerAt.port || path.from.host !== this.#peerAt.host);
     }
     const before = confirming || fromElsewhere ? this.native.stats().recv : 0;
     try {

@@ -53,7 +53,10 @@ const BATCH = 64;
 
 interface BunUdpHandle {
   sendMany(packets: unknown[]): number;
-  reload(handlers: { socket: { data(socket: unknown, datagram: Buffer, port: number, address: string): void } }): void;
+  send(datagram: Uint8Array, port: number, address: string): boolean;
+  reload(handlers: {
+    socket: { data(socket: unknown, datagram: Buffer, port: number, address: string): void; error(socket: unknown, error: Error): void };
+  }): void;
 }
 
 /** Bun's native UDP socket behind a bound node:dgram socket, when this runtime has one. */
@@ -62,7 +65,9 @@ function bunHandle(socket: dgram.Socket): BunUdpHandle | undefined {
     .filter((symbol) => symbol.description === "state symbol")
     .map((symbol) => (socket as unknown as Record<symbol, { handle?: { socket?: Partial<BunUdpHandle> } }>)[symbol])[0];
   const handle = state?.handle?.socket;
-  return typeof handle?.sendMany === "function" && typeof handle.reload === "function" ? (handle as BunUdpHandle) : undefined;
+  return typeof handle?.sendMany === "function" && typeof handle.reload === "function" && typeof handle.send === "function"
+    ? (handle as BunUdpHandle)
+    : undefined;
 }
 
 /** A sender of produced packets on the bound `socket`, through Bun's handle where there is one. */
@@ -120,7 +125,8 @@ export async function bindDatagramSocket(options: { host: string; port: number; 
     socket.bind(options.port, options.host, () => resolve());
   });
   socket.removeAllListeners("error");
-  // ICMP errors (port unreachable) surface here; QUIC's timers report a peer that is gone.
+  // ICMP errors (port unreachable) surface here (on Bun, in the handle's error handler set in onMessage);
+  // QUIC's timers report a peer that is gone.
   socket.on("error", () => {});
   try {
     if ("Deno" in globalThis) {
@@ -145,10 +151,24 @@ export async function bindDatagramSocket(options: { host: string; port: number; 
         socket.on("message", (datagram, rinfo) => handler(datagram, rinfo));
         return;
       }
-      bun.reload({ socket: { data: (_socket, datagram, port, address) => handler(datagram, { address, port }) } });
+      // The handlers replace node:dgram's own; its send queue is not used on Bun (see sendTo).
+      bun.reload({
+        socket: { data: (_socket, datagram, port, address) => handler(datagram, { address, port }), error: () => {} },
+      });
     },
     send,
-    sendTo: (datagram, host, port) => socket.send(Buffer.from(datagram), port, host),
+    sendTo: (datagram, host, port) => {
+      if (bun === undefined) {
+        socket.send(Buffer.from(datagram), port, host);
+        return;
+      }
+      try {
+        // Synchronous: the datagram is copied out before this returns. A full buffer loses it.
+        bun.send(datagram, port, host);
+      } catch {
+        // an ICMP error of an earlier packet, or a full buffer: lost like any other packet
+      }
+    },
     close: () => new Promise((resolve) => socket.close(() => resolve())),
   };
 }
