@@ -102,6 +102,25 @@ export function rawExchange(
   });
 }
 
+/** Opens a tunnel to `targetPort` through the server at `proxyPort`; resolves with the socket once it answered 200. */
+export function openTunnel(proxyPort: number, targetPort: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port: proxyPort, host: "127.0.0.1" }, () =>
+      socket.write(`CONNECT 127.0.0.1:${targetPort} HTTP/1.1\r\n\r\n`),
+    );
+    let head = "";
+    const onData = (chunk: Buffer) => {
+      head += chunk.toString("latin1");
+      if (!head.includes("\r\n\r\n")) return;
+      socket.off("data", onData);
+      if (head.startsWith("HTTP/1.1 200 ")) resolve(socket);
+      else reject(new Error(`tunnel refused: ${head.split("\r\n")[0]}`));
+    };
+    socket.on("data", onData);
+    socket.once("error", reject);
+  });
+}
+
 /** sha256 (hex) of a buffer. */
 export function sha256(data: Buffer): string {
   return createHash("sha256").update(data).digest("hex");

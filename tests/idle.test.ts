@@ -6,10 +6,10 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import net from "node:net";
+import type net from "node:net";
 import { after, test } from "node:test";
 import { trackProcesses } from "./fixtures.ts";
-import { ENGINES, type RoleProcess, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
+import { ENGINES, openTunnel, type RoleProcess, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
 import { pause } from "./wait.ts";
 
 const TUNNELS = 2000;
@@ -45,25 +45,6 @@ while True:
 `;
   holder = spawn("python3", ["-c", script], { stdio: ["ignore", "pipe", "inherit"] });
   return Number(await new Promise<string>((resolve) => holder?.stdout?.once("data", (data) => resolve(String(data)))));
-}
-
-/** Opens a tunnel to `targetPort` and resolves with its client socket once the agent answered 200. */
-function openTunnel(proxyPort: number, targetPort: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ port: proxyPort, host: "127.0.0.1" }, () =>
-      socket.write(`CONNECT 127.0.0.1:${targetPort} HTTP/1.1\r\n\r\n`),
-    );
-    let head = "";
-    const onData = (chunk: Buffer) => {
-      head += chunk.toString("latin1");
-      if (!head.includes("\r\n\r\n")) return;
-      socket.off("data", onData);
-      if (head.startsWith("HTTP/1.1 200 ")) resolve(socket);
-      else reject(new Error(`tunnel refused: ${head.split("\r\n")[0]}`));
-    };
-    socket.on("data", onData);
-    socket.once("error", reject);
-  });
 }
 
 test(`${TUNNELS} idle tunnels per engine held for ${HOLD_MS / 1000} s cost each role under 1.5% of a core (3% on node-quic's 20 connections)`, {

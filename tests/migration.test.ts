@@ -12,6 +12,7 @@ import { trackProcesses } from "./fixtures.ts";
 import {
   ENGINES,
   expectedSha256,
+  openTunnel,
   run,
   SLOW_TRANSPORT,
   sha256,
@@ -24,31 +25,12 @@ import { until } from "./wait.ts";
 
 const track = trackProcesses();
 
-/** A tunnel to `targetPort` through the server at `proxyPort`, open and idle once resolved. */
-async function idleTunnel(proxyPort: number, targetPort: number): Promise<net.Socket> {
-  const socket = net.connect({ port: proxyPort, host: "127.0.0.1" });
-  socket.setEncoding("latin1");
-  socket.write(`CONNECT 127.0.0.1:${targetPort} HTTP/1.1\r\nHost: 127.0.0.1:${targetPort}\r\n\r\n`);
-  let head = "";
-  await new Promise<void>((resolve, reject) => {
-    socket.on("data", function onHead(chunk: string) {
-      head += chunk;
-      if (!head.includes("\r\n\r\n")) return;
-      socket.off("data", onHead);
-      if (head.startsWith("HTTP/1.1 200")) resolve();
-      else reject(new Error(`CONNECT answered ${head.split("\r\n")[0]}`));
-    });
-    socket.once("error", reject);
-  });
-  return socket;
-}
-
 /** Sends `text` through an open tunnel to an echo target and resolves with what comes back. */
 function echoThrough(socket: net.Socket, text: string): Promise<string> {
   let answer = "";
   return new Promise((resolve, reject) => {
-    socket.on("data", (chunk: string) => {
-      answer += chunk;
+    socket.on("data", (chunk: Buffer) => {
+      answer += chunk.toString("latin1");
       if (answer.length >= text.length) resolve(answer);
     });
     socket.once("error", reject);
@@ -75,7 +57,7 @@ for (const engine of ENGINES) {
       const server = track(await startServer({ engine }));
       const relay = await startLossyRelay(server.quicPort, { loss: 0 });
       const agent = track(await startAgent(relay.port, { engine }));
-      const idle = await idleTunnel(server.tcpPort, (echo.address() as net.AddressInfo).port);
+      const idle = await openTunnel(server.tcpPort, (echo.address() as net.AddressInfo).port);
       const upload = Buffer.alloc(64 << 20, 0x3c);
       // Rate-limited so that both are still in flight at each rebinding.
       const proxy = ["-sS", "--max-time", "60", "--limit-rate", "16M", "-p", "--proxy", `127.0.0.1:${server.tcpPort}`];
