@@ -3,8 +3,8 @@
  * socket's native handle offers `sendMany` (sendmmsg): packets go out in batches of 64 from reused
  * buffers, about three times cheaper per packet than one `send` each; and datagrams are taken from
  * that handle's own callback, without node:dgram's event and address object per datagram (8% less
- * CPU per GiB in a download). On Deno on Linux the socket
- * comes from `Deno.listenDatagram` and packets leave through libc's `sendto` (datagram-deno.ts).
+ * CPU per GiB in a download). On Deno on Linux the socket comes from `Deno.listenDatagram` and
+ * packets leave through libc's `sendto` (datagram-deno.ts).
  * Elsewhere, and on Deno where that module cannot work, every packet is copied and sent on its own
  * (the copy matters: `node:dgram` may send on a later tick).
  *
