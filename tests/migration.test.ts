@@ -94,6 +94,7 @@ for (const engine of ENGINES) {
         assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
         assert.equal(await echoThrough(idle, "still here"), "still here");
         assert.doesNotMatch(agent.log(), /connection to server .* lost|cannot connect/, "the agent kept its connection");
+        assert.equal(server.log().match(/agent \S+ moved to 127\.0\.0\.1:\d+/g)?.length, 2, "the server logged both moves");
       } finally {
         idle.destroy();
         await relay.stop();

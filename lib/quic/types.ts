@@ -55,6 +55,11 @@ export interface ConnectionEvents {
   stream: [QuicStream];
   /** The connection ended: `undefined` for a clean close by either side, else the reason. */
   close: [QuicError | undefined];
+  /**
+   * The peer's packets now come from `host:port`, as after a NAT rebinding, and ours follow them
+   * (`peer` keeps naming the first address).
+   */
+  moved: [string];
 }
 
 /** One established QUIC connection with a verified peer certificate. */

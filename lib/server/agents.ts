@@ -129,6 +129,9 @@ export class Agents {
       });
     };
     this.#kinds.set(agent, "unknown");
+    agent.on("moved", (address) =>
+      log.info("agent {peer} moved to {address}: a NAT rebound, or its address changed", { peer: agent.peer, address }),
+    );
     const timer = setTimeout(join, HELLO_WAIT_MS);
     agent.on("stream", async (stream) => {
       const message = await serveControlStream(stream, this.#options.listeners);

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { formatHostPort } from "../../hostport.ts";
 import { BaseConnection } from "../connection.ts";
 import { describeClose, QuicError, tlsAlertCode } from "../errors.ts";
 import type { ConnectionStats, TransportOptions } from "../types.ts";
@@ -186,7 +187,10 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     } catch {
       // A packet quiche rejects (undecryptable, duplicate) is dropped, as QUIC requires.
     }
-    if (fromElsewhere && this.native.stats().recv > before) this.#peerAt = path.from;
+    if (fromElsewhere && this.native.stats().recv > before) {
+      this.#peerAt = path.from;
+      this.emit("moved", formatHostPort(path.from));
+    }
     if (confirming) {
       const packets = packetsInDatagram(datagram);
       if (packets.lastIsShort && this.native.stats().recv - before === packets.count) this.#confirmedByServer = true;
