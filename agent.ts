@@ -16,7 +16,7 @@ import { AGENT_FLAGS, checkAgentFlags, exitWithError, parseCommandLine, transpor
 import { setupLogging } from "./lib/ops/log.ts";
 import { Histogram, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/quic/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/transport/mod.ts";
 import { AllowList } from "./lib/tunnel/allow.ts";
 import { HttpError, parseConnectTarget, readRequestHead, statusResponse } from "./lib/tunnel/connect.ts";
 import { dial } from "./lib/tunnel/dial.ts";

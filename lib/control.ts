@@ -17,7 +17,7 @@
 import type { Duplex } from "node:stream";
 import { formatHostPort, type HostPort, parseHostPort } from "./hostport.ts";
 import { GOAWAY } from "./protocol.ts";
-import type { QuicConnection } from "./quic/mod.ts";
+import type { QuicConnection } from "./transport/mod.ts";
 
 /** What clients of an agent speak. */
 export type AgentKind = "connect" | "passthrough";

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { formatHostPort } from "../lib/hostport.ts";
-import type { EngineName } from "../lib/quic/mod.ts";
+import type { EngineName } from "../lib/transport/mod.ts";
 import { type DevCertPaths, ensureDevCerts } from "./dev-certs.ts";
 
 /** The project root. */

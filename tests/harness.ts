@@ -9,8 +9,8 @@ import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type EngineName, hasNodeQuic } from "../lib/quic/mod.ts";
-import { openDenoUdp } from "../lib/quic/quiche/datagram-deno.ts";
+import { type EngineName, hasNodeQuic } from "../lib/transport/mod.ts";
+import { openDenoUdp } from "../lib/transport/quiche/datagram-deno.ts";
 import { type DevCertPaths, ensureDevCerts } from "../scripts/dev-certs.ts";
 import { currentRuntime, ROOT, type RoleProcess, type Runtime, runtimeCommand } from "../scripts/roles.ts";
 
@@ -20,11 +20,11 @@ export * from "../scripts/traffic.ts";
 /**
  * Why the tests that move real traffic are skipped on this runtime, if they are: on Deno without
  * its unstable UDP API or FFI, the quiche engine falls back to Deno's node:dgram, which moves
- * about 1 MiB/s here (lib/quic/quiche/datagram-deno.ts), too slow for those tests to finish in time.
+ * about 1 MiB/s here (lib/transport/quiche/datagram-deno.ts), too slow for those tests to finish in time.
  */
 export const SLOW_TRANSPORT: string | undefined =
   "Deno" in globalThis && openDenoUdp() === undefined
-    ? "Deno without Deno.listenDatagram and FFI is too slow here for tunnel tests (see lib/quic/quiche/datagram-deno.ts)"
+    ? "Deno without Deno.listenDatagram and FFI is too slow here for tunnel tests (see lib/transport/quiche/datagram-deno.ts)"
     : undefined;
 
 /**

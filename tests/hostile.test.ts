@@ -9,7 +9,7 @@ import net from "node:net";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { loadEngine } from "../lib/quic/mod.ts";
+import { loadEngine } from "../lib/transport/mod.ts";
 import { pipeBoth } from "../lib/tunnel/pipe.ts";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
 import {
@@ -25,7 +25,7 @@ import {
   startAgent,
   startServer,
 } from "./harness.ts";
-import { clientTls } from "./quic/conformance.ts";
+import { clientTls } from "./transport/conformance.ts";
 import { until } from "./wait.ts";
 
 const track = trackProcesses();

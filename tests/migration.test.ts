@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { after, before, describe, test } from "node:test";
-import { loadEngine } from "../lib/quic/mod.ts";
+import { loadEngine } from "../lib/transport/mod.ts";
 import { trackProcesses } from "./fixtures.ts";
 import {
   ENGINES,

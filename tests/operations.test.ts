@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { describe, test } from "node:test";
 import tls from "node:tls";
-import { udpBufferShortfall } from "../lib/quic/mod.ts";
+import { udpBufferShortfall } from "../lib/transport/mod.ts";
 import type { DevCertPaths } from "../scripts/dev-certs.ts";
 import { httpTargetFixture, rssMb, skip, trackProcesses } from "./fixtures.ts";
 import {
@@ -36,7 +36,7 @@ import {
   startLossyRelay,
   startServer,
 } from "./harness.ts";
-import { udpRelay } from "./quic/relay.ts";
+import { udpRelay } from "./transport/relay.ts";
 import { pause, until } from "./wait.ts";
 
 const track = trackProcesses();

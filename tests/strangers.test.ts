@@ -9,8 +9,8 @@ import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { after, before, describe, test } from "node:test";
-import { loadEngine } from "../lib/quic/mod.ts";
-import { parseInvariantHeader } from "../lib/quic/quiche/packet.ts";
+import { loadEngine } from "../lib/transport/mod.ts";
+import { parseInvariantHeader } from "../lib/transport/quiche/packet.ts";
 import { rssMb, skip, trackProcesses } from "./fixtures.ts";
 import {
   ENGINES,
@@ -25,7 +25,7 @@ import {
   startHttpTarget,
   startServer,
 } from "./harness.ts";
-import { initialPacket } from "./quic/packets.ts";
+import { initialPacket } from "./transport/packets.ts";
 import { pause, until } from "./wait.ts";
 
 const track = trackProcesses();

@@ -24,7 +24,7 @@ import {
   settled,
   type TlsMaterial,
   type TransportOptions,
-} from "../quic/mod.ts";
+} from "../transport/mod.ts";
 import type { Tunnels } from "../tunnel/slots.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
 import { explainServerCertificate } from "./diagnose.ts";

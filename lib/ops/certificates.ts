@@ -7,7 +7,7 @@
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync, unwatchFile, watchFile } from "node:fs";
-import type { TlsMaterial } from "../quic/mod.ts";
+import type { TlsMaterial } from "../transport/mod.ts";
 import type { Logger } from "./log.ts";
 import { Gauge, type Registry } from "./metrics.ts";
 

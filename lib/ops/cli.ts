@@ -6,7 +6,7 @@
  */
 import pkg from "../../package.json" with { type: "json" };
 import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "../protocol.ts";
-import { ENGINE_CHOICES, type QuicEngine, udpBufferShortfall } from "../quic/mod.ts";
+import { ENGINE_CHOICES, type QuicEngine, udpBufferShortfall } from "../transport/mod.ts";
 import type { PipeOptions } from "../tunnel/pipe.ts";
 import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, type ParsedFlags, parseFlags } from "./flags.ts";
 

@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { ConnectionStats, QuicConnection, QuicServer } from "../quic/mod.ts";
+import type { ConnectionStats, QuicConnection, QuicServer } from "../transport/mod.ts";
 import type { Logger } from "./log.ts";
 import { Counter, Gauge, type Registry } from "./metrics.ts";
 

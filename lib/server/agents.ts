@@ -11,7 +11,7 @@ import type { HostPort } from "../hostport.ts";
 import { type Logger, LogThrottle } from "../ops/log.ts";
 import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
 import { AGENT_NOT_ALLOWED } from "../protocol.ts";
-import type { QuicConnection, QuicStream } from "../quic/mod.ts";
+import type { QuicConnection, QuicStream } from "../transport/mod.ts";
 import { AgentPool } from "./agent-pool.ts";
 
 /**

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { AGENT_FLAGS, retryWarnings, transportWarnings } from "../../lib/ops/cli.ts";
 import { FlagError, parseFlags } from "../../lib/ops/flags.ts";
-import type { QuicEngine, TransportCaveat, TransportOptions } from "../../lib/quic/mod.ts";
-import { udpBufferShortfall } from "../../lib/quic/mod.ts";
+import type { QuicEngine, TransportCaveat, TransportOptions } from "../../lib/transport/mod.ts";
+import { udpBufferShortfall } from "../../lib/transport/mod.ts";
 
 /** An engine that cannot cap UDP payloads, as node-quic cannot; its other parts are never called. */
 function engineWithCaveat(): QuicEngine & { asked: TransportOptions[] } {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { UDP_SOCKET_BUFFER_BYTES, udpBufferShortfall } from "../../lib/quic/socket-buffers.ts";
+import { UDP_SOCKET_BUFFER_BYTES, udpBufferShortfall } from "../../lib/transport/socket-buffers.ts";
 
 const limits = (values: Record<string, string>) => (path: string) => {
   if (!(path in values)) throw new Error(`ENOENT: ${path}`);

@@ -13,7 +13,7 @@ import {
   type QuicError,
   type QuicServer,
   type QuicStream,
-} from "../../lib/quic/mod.ts";
+} from "../../lib/transport/mod.ts";
 import { scratchCerts } from "../harness.ts";
 import { clientTls, collect, sendAll, serverTls } from "./conformance.ts";
 

@@ -1,6 +1,6 @@
 /**
  * The conformance suite every QUIC engine runs: what the tunnel relies on, checked between two
- * endpoints of the engine in this process (and, in tests/quic/interop.test.ts, across engines).
+ * endpoints of the engine in this process (and, in tests/transport/interop.test.ts, across engines).
  *
  * @module
  */
@@ -10,7 +10,15 @@ import dgram from "node:dgram";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { DEFAULT_TRANSPORT } from "../../lib/protocol.ts";
-import type { QuicConnection, QuicEngine, QuicError, QuicServer, QuicStream, TlsMaterial, TransportOptions } from "../../lib/quic/mod.ts";
+import type {
+  QuicConnection,
+  QuicEngine,
+  QuicError,
+  QuicServer,
+  QuicStream,
+  TlsMaterial,
+  TransportOptions,
+} from "../../lib/transport/mod.ts";
 import { engineHeld } from "../../lib/tunnel/budget.ts";
 import type { DevCertPaths } from "../../scripts/dev-certs.ts";
 import { foreignCerts, scratchCerts } from "../harness.ts";

@@ -3,7 +3,7 @@
  * Its module is loaded only there: elsewhere `node:quic` itself does not load.
  */
 import { test } from "node:test";
-import { hasNodeQuic, loadEngine } from "../../lib/quic/mod.ts";
+import { hasNodeQuic, loadEngine } from "../../lib/transport/mod.ts";
 import { conformanceSuite } from "./conformance.ts";
 
 if (await hasNodeQuic()) conformanceSuite(await loadEngine("node-quic"));

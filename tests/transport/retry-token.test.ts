@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { test } from "node:test";
-import { RetryTokens } from "../../lib/quic/quiche/retry-token.ts";
+import { RetryTokens } from "../../lib/transport/quiche/retry-token.ts";
 
 const address = "127.0.0.1|4433";
 const odcid = randomBytes(16);
