@@ -343,17 +343,19 @@ describe("limits and policy", { skip: SLOW_TRANSPORT }, () => {
     const closed = new Promise<number>((resolve) => socket.once("close", () => resolve(Date.now())));
     socket.write(`CONNECT 127.0.0.1:${(echo.address() as net.AddressInfo).port} HTTP/1.1\r\n\r\n`);
     // Six bytes 200 ms apart: 1.2 s in all, three times the idle timeout, never idle for 400 ms.
+    let quietSince = 0;
     for (let i = 0; i < 6; i++) {
       const echoed = new Promise<void>((resolve) => socket.once("data", () => resolve()));
       socket.write(String(i));
       await echoed;
+      quietSince = Date.now();
       await pause(200); // a fixed gap is the point: quiet for half the idle timeout, then busy again
     }
     assert.equal(socket.destroyed, false, "the active tunnel is still open");
     assert.match(received, /012345$/);
-    const quietSince = Date.now();
     const end = await closed;
-    assert.ok(end - quietSince >= 200 && end - quietSince < 3_000, `closed ${end - quietSince} ms after it fell quiet`);
+    // Timers may fire a millisecond or two early on some runtimes (Deno's CI run saw 199 of 200 here).
+    assert.ok(end - quietSince >= 350 && end - quietSince < 3_000, `closed ${end - quietSince} ms after it fell quiet`);
     echo.close();
   });
 
