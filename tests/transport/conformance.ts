@@ -667,6 +667,45 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       client.close();
     });
 
+    test("streams the writer aborts while their reader stalls give the connection's window back", async () => {
+      // Every stream the server writes into stalls at its reader and is then aborted by the server:
+      // 24 of them hold some 24 MiB, three times the connection's receive window. A fresh stream
+      // must still carry its bytes (quiche 0.18 kept each aborted stream's unread bytes charged to
+      // the window until nothing moved).
+      const { client, serverSide } = await pair({ client: { connectionWindow: 8 << 20, streamWindow: 1 << 20 } });
+      const incoming: QuicStream[] = [];
+      client.on("stream", (stream) => incoming.push(stream));
+      const chunk = Buffer.alloc(64 * 1024, 7);
+      for (let i = 0; i < 24; i++) {
+        const stream = (await serverSide.openStream()).on("error", ignore);
+        let accepted = 0;
+        let lastChange = Date.now();
+        const pump = () => {
+          while (!stream.destroyed && stream.write(chunk, () => ([accepted, lastChange] = [accepted + chunk.length, Date.now()])));
+          if (!stream.destroyed) stream.once("drain", pump);
+        };
+        pump();
+        // The client side never reads: the writer stalls once quiche, or the engine, holds enough.
+        await until(() => Date.now() - lastChange > 100 || accepted > 4 << 20, `stream ${i} to stall`, {
+          timeoutMs: 10_000,
+          intervalMs: 5,
+        });
+        stream.destroy();
+      }
+      const fresh = await serverSide.openStream();
+      const arrived = until(() => incoming.find((stream) => stream.id === fresh.id), "the fresh stream to arrive", { timeoutMs: 5_000 });
+      const payload = randomBytes(2 << 20);
+      const sent = sendAll(fresh, payload);
+      const received = collect(await arrived);
+      const { sha256 } = await Promise.race([
+        received,
+        pause(10_000).then(() => assert.fail("the fresh stream stalled: the aborted streams kept the connection's window")),
+      ]);
+      await sent;
+      assert.equal(sha256, digest(payload));
+      client.close();
+    });
+
     test("idle timeout closes both sides with a timeout reason", async () => {
       const { client, serverSide } = await pair({ server: { idleTimeoutMs: 1000 }, client: { idleTimeoutMs: 1000, keepAliveMs: 0 } });
       const [clientError, serverError] = await Promise.all([

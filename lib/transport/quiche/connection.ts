@@ -14,6 +14,7 @@ import type { Connection, ConnectionError } from "./binding.ts";
 import type { PacketProducer } from "./datagram.ts";
 import { packetsInDatagram } from "./packet.ts";
 import { QuicheStream, type StreamHost } from "./stream.ts";
+import { StreamAborts } from "./stream-aborts.ts";
 
 /** Addresses of a received datagram, as quiche wants them (IP literals, exact matches). */
 export interface PathInfo {
@@ -113,6 +114,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   #confirmedByServer: boolean;
   #rttMs = 0;
   #rttReadAt = 0;
+  readonly #aborts: StreamAborts;
   #packetsProduced = 0;
   /** A server's first path: the only one its quiche is told of (see `#peerAt`). */
   #firstPath: PathInfo | undefined;
@@ -149,6 +151,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
       return { length: result[0], host: to.host, port: to.port };
     };
     this.#options = options.transport;
+    this.#aborts = new StreamAborts(native, { rttMs: () => this.#rtt(performance.now()), onReset: () => scheduleFlush(this) });
     this.#nextLocalStream = options.isServer ? 1 : 0;
     this.#handshakeTimer = setTimeout(() => {
       if (!this.established) {
@@ -273,6 +276,14 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
 
   get streamWindow(): number {
     return this.#options.streamWindow;
+  }
+
+  readerStalled(stream: QuicheStream): void {
+    this.#aborts.watch(stream);
+  }
+
+  resetLater(id: number): void {
+    this.#aborts.resetLater(id);
   }
 
   forget(stream: QuicheStream): void {
@@ -479,6 +490,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     clearTimeout(this.#finTimer);
     clearInterval(this.#keepAlive);
     this.#finGuards.clear();
+    this.#aborts.clear();
     dirty.delete(this);
     const error = this.#closeError ?? this.#describeClose();
     for (const stream of [...this.#streams.values()]) {

@@ -30,6 +30,13 @@ export interface StreamHost {
   mayReadAfterFin(stream: QuicheStream): boolean;
   /** The stream was destroyed. */
   forget(stream: QuicheStream): void;
+  /** The reader paused with bytes left in quiche: watch for the peer stopping the stream (see `checkStopped`). */
+  readerStalled(stream: QuicheStream): void;
+  /**
+   * Our STOP_SENDING for the stream is queued: send its RESET_STREAM a little later, once the peer
+   * has had time to read out what it holds (see `_destroy`).
+   */
+  resetLater(id: number): void;
   /** The receive window a stream starts with. */
   readonly streamWindow: number;
 }
@@ -83,8 +90,26 @@ export class QuicheStream extends Duplex implements QuicStreamType {
    * What quiche may hold for this stream's reader: nothing while it reads; once it pauses, up to
    * the stream's receive window, which quiche does not report (counted at its initial size).
    */
+  /** True while the reader has paused with bytes left in quiche. */
+  get readPaused(): boolean {
+    return this.#readPaused;
+  }
+
   get heldForReader(): number {
     return this.#readPaused ? this.#host.streamWindow : 0;
+  }
+
+  /**
+   * Ends the stream if the peer has stopped its send side (STOP_SENDING). That is how a peer says it
+   * is aborting the stream: its RESET_STREAM follows once it has given us time to read out what we
+   * hold, which only a stalled reader needs (see `_destroy`).
+   */
+  checkStopped(): void {
+    try {
+      this.#host.native.streamCapacity(this.id);
+    } catch (err) {
+      if (/StreamStopped/.test(String((err as Error)?.message ?? err))) this.destroy(streamError(err, this.id));
+    }
   }
 
   /** Reads what quiche holds for this stream into the readable side until it pauses or ends. */
@@ -114,6 +139,7 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       }
       if (!more) {
         this.#readPaused = true;
+        this.#host.readerStalled(this);
         return;
       }
     }
@@ -239,16 +265,25 @@ export class QuicheStream extends Duplex implements QuicStreamType {
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     const native = this.#host.native;
     if (!this.#host.closed) {
-      if (!this.#readDone) this.#discardUnread();
+      // In order, because quiche 0.18 drops the unread bytes of a stream its peer resets without
+      // crediting the connection's receive window (fixed upstream in 0a0d3bd1): a peer whose reader
+      // stalled would lose that window for good. So our unread bytes are read out (credited), then
+      // STOP_SENDING tells the peer we abort; a peer of this engine watching its stalled readers
+      // reads out and stops too, and only then does our RESET_STREAM arrive.
+      const stopping = !this.#readDone;
+      if (stopping) this.#discardUnread();
       try {
-        if (!this.#readDone) native.streamShutdown(this.id, quiche.Shutdown.Read, STREAM_CANCELLED);
+        if (stopping) native.streamShutdown(this.id, quiche.Shutdown.Read, STREAM_CANCELLED);
       } catch {
         // already finished on the peer's side
       }
-      try {
-        if (!this.#writeDone) native.streamShutdown(this.id, quiche.Shutdown.Write, STREAM_CANCELLED);
-      } catch {
-        // already finished on our side
+      if (!this.#writeDone && stopping) this.#host.resetLater(this.id);
+      else if (!this.#writeDone) {
+        try {
+          native.streamShutdown(this.id, quiche.Shutdown.Write, STREAM_CANCELLED);
+        } catch {
+          // already finished on our side
+        }
       }
     }
     this.#pendingCallback = null;
