@@ -151,6 +151,8 @@ describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
       "process_max_fds",
       "process_start_time_seconds",
       "process_cpu_seconds_total",
+      "nodejs_heap_size_used_bytes",
+      "nodejs_external_memory_bytes",
     ]) {
       assert.ok((fresh.get(series) ?? 0) > 0, series);
     }

@@ -55,6 +55,19 @@ export function registerProcessMetrics(registry: Registry): void {
     "Resident memory size in bytes.",
     value(() => process.memoryUsage.rss()),
   );
+  // prom-client's names: what the collector holds live, beside what the process keeps resident.
+  new Gauge(
+    registry,
+    "nodejs_heap_size_used_bytes",
+    "JavaScript heap in use, in bytes.",
+    value(() => process.memoryUsage().heapUsed),
+  );
+  new Gauge(
+    registry,
+    "nodejs_external_memory_bytes",
+    "Memory of buffers and other objects outside the JavaScript heap, in bytes.",
+    value(() => process.memoryUsage().external),
+  );
   new Gauge(
     registry,
     "process_virtual_memory_bytes",
