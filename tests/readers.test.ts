@@ -137,8 +137,10 @@ for (const engine of ENGINES) {
         }
         // What the roles hold for the waiting clients is the budget, plus what the runtime has not
         // collected yet of tunnels the budget ended: Node's and Deno's collectors leave about
-        // twice as much uncollected as Bun's (measured: 312 MB on Node where Bun had 160).
-        const uncollected = currentRuntime().kind === "bun" ? 128 : 256;
+        // twice as much uncollected as Bun's (measured: 312 MB on Node where Bun had 160). Bun's
+        // node:quic frees a stream's native buffers only when its object is collected: its agent
+        // kept 122-240 MB in eight runs here (a loaded machine the high end), quiche's 107-158.
+        const uncollected = currentRuntime().kind !== "bun" ? 256 : engine === "node-quic" ? 224 : 128;
         for (const role of ["server", "agent"] as const) {
           assert.ok(steady[role] < idle[role] + budgetMib + uncollected, `${role} holds about its budget while they wait: ${figures}`);
         }
