@@ -9,6 +9,12 @@
 /** TLS ALPN protocol the reference speaks. */
 export const ALPN = "quic-echo-example";
 
+/**
+ * TLS ALPN of our TCP transport (HTTP/2 in reverse over TLS on TCP): distinct from the QUIC one, so
+ * that neither side mistakes the other transport, or a plain HTTPS client, for its own.
+ */
+export const TCP_ALPN = "quic-tunnel-tcp/h2";
+
 /** Name the agent verifies in the server certificate (and sends as SNI). */
 export const SERVER_NAME = "quic-tunnel-server";
 

@@ -13,8 +13,11 @@ import type { QuicError } from "./errors.ts";
 
 export type { TransportOptions };
 
-/** Names of the engines; `auto` picks one for the runtime. */
-export type EngineName = "quiche" | "node-quic";
+/** Names of the QUIC engines; `auto` picks one for the runtime. */
+export type QuicEngineName = "quiche" | "node-quic";
+
+/** Names of the engines: the QUIC ones and the TCP transport. */
+export type EngineName = QuicEngineName | "tcp";
 
 /** PEM contents of the local identity and of the CA that verifies the peer. */
 export interface TlsMaterial {
@@ -129,6 +132,8 @@ export interface ConnectOptions {
   serverName: string;
   tls: TlsMaterial;
   transport?: Partial<TransportOptions>;
+  /** An HTTP CONNECT proxy to reach the server through (the TCP transport only; QUIC ignores it). */
+  proxy?: URL;
 }
 
 /**
