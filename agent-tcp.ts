@@ -48,11 +48,13 @@ const tlsFiles = {
 let tls: ReturnType<typeof loadTls>;
 let engine: QuicEngine;
 let warnings: string[];
+let connecting: ReturnType<typeof connectionOptions>;
 try {
   tls = loadTls(tlsFiles);
   checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
   warnings = transportWarnings(engine, flags);
+  connecting = connectionOptions(flags, { kind: "passthrough", engine, tls: () => tls, log });
 } catch (err) {
   exitWithError("quic-agent-tcp", err);
 }
@@ -63,7 +65,7 @@ certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (
 const tunnels = new Tunnels(registry, { role: "agent", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
 let draining = false;
 const agent = runAgent(
-  connectionOptions(flags, { kind: "passthrough", engine, tls: () => tls, log }),
+  connecting,
   (stream) =>
     void serveUpstream(stream).catch((err) => log.error("stream {stream} failed unexpectedly: {error}", { stream: stream.id, error: err })),
 );

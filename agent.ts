@@ -69,12 +69,14 @@ let tls: ReturnType<typeof loadTls>;
 let allowList: AllowList;
 let engine: QuicEngine;
 let warnings: string[];
+let connecting: ReturnType<typeof connectionOptions>;
 try {
   tls = loadTls(tlsFiles);
   allowList = new AllowList(flags.allow);
   checkAgentFlags(flags);
   engine = await loadEngine(flags["quic-engine"] as EngineChoice);
   warnings = transportWarnings(engine, flags);
+  connecting = connectionOptions(flags, { kind: "connect", engine, tls: () => tls, log });
 } catch (err) {
   exitWithError("quic-agent", err);
 }
@@ -92,7 +94,7 @@ const dialSeconds = new Histogram(
 );
 let draining = false;
 const agent = runAgent(
-  connectionOptions(flags, { kind: "connect", engine, tls: () => tls, log }),
+  connecting,
   (stream, server) =>
     void serveConnect(stream, server).catch((err) =>
       log.error("stream {stream} failed unexpectedly: {error}", { stream: stream.id, error: err }),

@@ -10,7 +10,7 @@
  */
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { formatHostPort } from "./lib/hostport.ts";
+import { formatHostPort, type HostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { type CertificateWatch, loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import {
@@ -29,7 +29,8 @@ import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
 import { Agents } from "./lib/server/agents.ts";
 import { acceptingAddresses, type Frontend, type HandshakeOptions, listenTcp, listenUnix } from "./lib/server/frontends.ts";
-import { type EngineChoice, loadEngine, type QuicEngine, settled } from "./lib/transport/mod.ts";
+import { type EngineChoice, loadEngine, type QuicEngine, type QuicServer, settled } from "./lib/transport/mod.ts";
+import { tcpEngine, tcpUnsupported } from "./lib/transport/tcp/mod.ts";
 import { firstBytes, HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
 import { abort } from "./lib/tunnel/pipe.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
@@ -48,6 +49,11 @@ const flags = parseCommandLine(
       help: "TCP address for CONNECT clients ([::]:port for IPv6).",
     },
     "listen-quic": { kind: "hostport", value: "host:port", default: "0.0.0.0:8888", help: "UDP address for agents' QUIC connections." },
+    "listen-agent-tcp": {
+      kind: "hostport",
+      value: "host:port",
+      help: "Also accept agents over the TCP transport (TLS on TCP, the same certificates and --agent-subject), for networks that block UDP or allow TCP only through a proxy; agents reach it with --transport tcp or auto. Off unless given; the same port as --listen-quic is the agents' default.",
+    },
     "cert-file": { kind: "string", value: "path", required: true, help: "PEM server certificate presented to agents." },
     "cert-key": { kind: "string", value: "path", required: true, help: "PEM private key of the server certificate." },
     "client-ca-file": {
@@ -132,6 +138,7 @@ let engine: QuicEngine;
 let warnings: string[];
 try {
   if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
+  if (flags["listen-agent-tcp"] && tcpUnsupported) throw new Error(`--listen-agent-tcp: ${tcpUnsupported}`);
   if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
     throw new Error("--tcp-client-ca-file needs --tcp-cert-file and --tcp-cert-key");
   tls = loadTls(tlsFiles);
@@ -225,17 +232,36 @@ if (frontendFiles) {
   certificateWatches.push(watchCertificates(frontendFiles, { log, registry, onChange: (pems) => frontends[0].setTls?.(pems) }));
 }
 
-// Transport: agents connect over QUIC with mutual TLS.
-const quic = await engine
-  .listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] })
-  .catch((err) => exitWithError("quic-server", err));
-quic.on("connection", (agent) => agents.admit(agent));
-quic.on("rejected", (peer, error) => agents.rejected(peer, error?.message ?? "handshake failed"));
-quic.on("error", (err) => log.error("QUIC socket error: {error}", { error: err }));
+// Transport: agents connect over QUIC with mutual TLS, and over TLS on TCP if asked.
+const acceptAgents = (listener: QuicServer, kind: string) => {
+  listener.on("connection", (agent) => agents.admit(agent));
+  listener.on("rejected", (peer, error) => agents.rejected(peer, error?.message ?? "handshake failed"));
+  listener.on("error", (err) => log.error("{kind} agent listener error: {error}", { kind, error: err }));
+  return listener;
+};
+const quic = acceptAgents(
+  await engine
+    .listen({ ...flags["listen-quic"], tls, transport, retry: flags["quic-retry"] })
+    .catch((err) => exitWithError("quic-server", err)),
+  "QUIC",
+);
+const agentTcpAddress = flags["listen-agent-tcp"] as HostPort | undefined;
+const agentTcp =
+  agentTcpAddress &&
+  acceptAgents(await tcpEngine.listen({ ...agentTcpAddress, tls, transport }).catch((err) => exitWithError("quic-server", err)), "TCP");
+const agentListeners = agentTcp ? [quic, agentTcp] : [quic];
 registerQuicMetrics(registry, () => agents.connections);
 registerQuicServerMetrics(registry, quic);
 reportRefusedInitials(quic, log);
-certificateWatches.push(watchCertificates(tlsFiles, { log, registry, onChange: (pems) => quic.setTls(tlsMaterial(pems)) }));
+certificateWatches.push(
+  watchCertificates(tlsFiles, {
+    log,
+    registry,
+    onChange: (pems) => {
+      for (const listener of agentListeners) listener.setTls(tlsMaterial(pems));
+    },
+  }),
+);
 
 // Admin endpoint: ready once an agent is connected.
 const admin = flags["admin-addr"];
@@ -244,9 +270,10 @@ if (admin) {
     exitWithError("quic-server", err),
   );
 }
-log.info("server started, tcp={tcp} quic={quic}", {
+log.info(agentTcp ? "server started, tcp={tcp} quic={quic} agent_tcp={agent_tcp}" : "server started, tcp={tcp} quic={quic}", {
   tcp: frontends[0].bound,
   quic: formatHostPort(quic.address()),
+  agent_tcp: agentTcp ? formatHostPort(agentTcp.address()) : undefined,
   engine: engine.name,
   tls: Boolean(frontendFiles),
   uds: flags["listen-uds"] || undefined,
@@ -260,7 +287,7 @@ onShutdown(log, {
     for (const { server } of frontends) server.close();
     if (await tunnels.whenIdle(graceMs)) await settled(agents.connections, { timeoutMs: deadline - Date.now() });
     else log.warn("closing {count} tunnels still open after the grace period", { count: tunnels.count });
-    await quic.close();
+    await Promise.all(agentListeners.map((listener) => listener.close()));
     log.info("server stopped");
   },
 });

@@ -5,6 +5,7 @@
  *
  * - `quiche`     our server.ts + agent.ts with `--quic-engine quiche`
  * - `node-quic`  our server.ts + agent.ts with `--quic-engine node-quic` (Bun's node:quic)
+ * - `tcp`        our server.ts + agent.ts over the TCP transport (`--transport tcp`, HTTP/2 on TLS)
  * - `reference`  the Go reference (quic-server + quic-client from `--reference DIR`)
  * - `relay`      scripts/connect-relay.ts, a plain one-process CONNECT relay (no QUIC)
  * - `direct`     curl straight to the target (no proxy)
@@ -91,9 +92,9 @@ function serveTarget(): void {
 const USAGE = `Usage: bun run scripts/bench.ts [options] [-- flags for our server and agent]
        npm run bench -- [options] [-- flags for our server and agent]
 
-Measures, in one run and interleaved, our tunnel with --quic-engine quiche and with
---quic-engine node-quic, the Go reference (with --reference), a plain one-process CONNECT
-relay (scripts/connect-relay.ts) and direct TCP, all on loopback:
+Measures, in one run and interleaved, our tunnel with --quic-engine quiche, with
+--quic-engine node-quic and over the TCP transport (--transport tcp), the Go reference
+(with --reference), a plain one-process CONNECT relay (scripts/connect-relay.ts) and direct TCP, all on loopback:
   bulk download and upload through curl -p --proxy (MiB/s, median of the runs),
   CONNECT-to-200 latency over sequential tunnels (p50, p99),
   bursts of concurrent short tunnels (CONNECT + HTTP/1.0 GET; wall time, errors),
@@ -107,7 +108,7 @@ Options:
   --reference DIR   directory with the Go reference's quic-server and quic-client, built as it
                     ships (quic-go v0.42.0, Go 1.22); the table names the quic-go it was built with
                     (default: the environment variable QUIC_TUNNEL_REFERENCE; off if neither)
-  --paths LIST      comma-separated subset of quiche,node-quic,reference,relay,direct (default all)
+  --paths LIST      comma-separated subset of quiche,node-quic,tcp,reference,relay,direct (default all)
   --json FILE       also write every raw measurement to FILE as JSON
   -h, --help        print this help
 
@@ -116,8 +117,8 @@ Goals printed against the reference: download and upload >= 1.5x, CONNECT p50 <=
 concurrent wall <= 1.5x with 0 errors, peak RSS <= 64 MB per role.
 `;
 
-type PathName = "quiche" | "node-quic" | "reference" | "relay" | "direct";
-const ALL_PATHS: PathName[] = ["quiche", "node-quic", "reference", "relay", "direct"];
+type PathName = "quiche" | "node-quic" | "tcp" | "reference" | "relay" | "direct";
+const ALL_PATHS: PathName[] = ["quiche", "node-quic", "tcp", "reference", "relay", "direct"];
 
 interface Options {
   runs: number;
@@ -490,6 +491,11 @@ async function measure(opts: Options): Promise<void> {
       const agent = track(spawnProcess(join(dir, "quic-client"), agentArgs(`127.0.0.1:${quic}`, certs)));
       await waitForTunnel(tcp, targetPort, "reference");
       setups.push(roleSetup(name, tcp, server, agent));
+    } else if (name === "tcp") {
+      const server = track(await startServer({ certs, args: [...opts.roleArgs, "--listen-agent-tcp", "127.0.0.1:0"] }));
+      const tcpArgs = ["--transport", "tcp", "--server-tcp", `127.0.0.1:${server.agentTcpPort}`];
+      const agent = track(await startAgent(server.quicPort, { certs, args: [...opts.roleArgs, ...tcpArgs] }));
+      setups.push(roleSetup(name, server.tcpPort, server, agent));
     } else {
       const server = track(await startServer({ certs, args: opts.roleArgs, engine: name }));
       const agent = track(await startAgent(server.quicPort, { certs, args: opts.roleArgs, engine: name }));
@@ -665,7 +671,7 @@ function report(
 ): void {
   const names = setups.map((s) => s.name);
   const ref = names.includes("reference") ? "reference" : undefined;
-  const ours = names.filter((n) => n === "quiche" || n === "node-quic");
+  const ours = names.filter((n) => n === "quiche" || n === "node-quic" || n === "tcp");
   /** GiB the path moved in `direction` (failed transfers are not counted). */
   const gib = (n: PathName, direction: "down" | "up") => (results[n][direction].length * opts.mib) / 1024;
   type Metric = {

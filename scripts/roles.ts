@@ -150,6 +150,8 @@ export function scratchCerts(): DevCertPaths {
 export interface ServerProcess extends RoleProcess {
   tcpPort: number;
   quicPort: number;
+  /** The TCP transport's agent port, when started with --listen-agent-tcp. */
+  agentTcpPort?: number;
 }
 
 /**
@@ -182,8 +184,12 @@ export async function startServer(
     ],
     { netns: options.netns, runtime: options.runtime, engine: options.engine },
   );
-  const match = await proc.waitFor(/server started, tcp=\S+:(\d+) quic=\S+:(\d+)/);
-  return Object.assign(proc, { tcpPort: Number(match[1]), quicPort: Number(match[2]) });
+  const match = await proc.waitFor(/server started, tcp=\S+:(\d+) quic=\S+:(\d+)(?: agent_tcp=\S+:(\d+))?/);
+  return Object.assign(proc, {
+    tcpPort: Number(match[1]),
+    quicPort: Number(match[2]),
+    agentTcpPort: match[3] === undefined ? undefined : Number(match[3]),
+  });
 }
 
 /** Starts agent.ts (or agent-tcp.ts) against `quicPort`; waits for the connection unless told not to. */

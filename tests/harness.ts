@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type EngineName, hasNodeQuic } from "../lib/transport/mod.ts";
+import { hasNodeQuic, type QuicEngineName } from "../lib/transport/mod.ts";
 import { openDenoUdp } from "../lib/transport/quiche/datagram-deno.ts";
 import { type DevCertPaths, ensureDevCerts } from "../scripts/dev-certs.ts";
 import { currentRuntime, ROOT, type RoleProcess, type Runtime, runtimeCommand } from "../scripts/roles.ts";
@@ -31,7 +31,7 @@ export const SLOW_TRANSPORT: string | undefined =
  * The QUIC engines the roles can use on this runtime: both on Bun (which has node:quic), quiche
  * elsewhere. Tests that carry traffic run once per engine.
  */
-export const ENGINES: EngineName[] = (await hasNodeQuic()) ? ["node-quic", "quiche"] : ["quiche"];
+export const ENGINES: QuicEngineName[] = (await hasNodeQuic()) ? ["node-quic", "quiche"] : ["quiche"];
 
 /** Another CA and certificates that the tunnel's CA did not sign. */
 export function foreignCerts(): DevCertPaths {
@@ -69,6 +69,8 @@ export interface LossyRelay {
   stats(): Promise<{ forwarded: number; dropped: number }>;
   /** Moves the client's traffic to a new source port toward the target, as a NAT does. */
   rebind(): Promise<void>;
+  /** Drops `loss` of the datagrams from now on (1: UDP blocked). */
+  setLoss(loss: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -116,6 +118,11 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
       child.stdin.write("rebind\n");
       const line = await nextLine();
       if (!/^rebound \d+$/.test(line)) throw new Error(`the relay answered rebind with ${JSON.stringify(line)}`);
+    },
+    async setLoss(loss: number) {
+      child.stdin.write(`loss ${loss}\n`);
+      const line = await nextLine();
+      if (line !== `loss ${loss}`) throw new Error(`the relay answered loss ${loss} with ${JSON.stringify(line)}`);
     },
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;

@@ -2,6 +2,11 @@
  * The agent's life: dial the server, serve the streams it opens, and when the connection ends dial
  * again after a capped, jittered exponential backoff. Shared by agent.ts and agent-tcp.ts.
  *
+ * The connection goes over QUIC or the TCP transport as `--transport` says (lib/agent/
+ * transport-choice.ts). An agent that fell back to TCP tries QUIC again now and then; once QUIC
+ * connects, the TCP connection is told to take no new tunnels (GOAWAY) and closed when its last
+ * one is done, so moving back cuts nothing.
+ *
  * A connection takes only so many tunnels at once (`incomingStreamLimit`; 100 on the node-quic
  * engine, whose client cannot take more). When the open connections are half full, more are
  * dialed; an extra connection that has carried nothing for a while is closed again.
@@ -25,18 +30,20 @@ import {
   type TlsMaterial,
   type TransportOptions,
 } from "../transport/mod.ts";
+import { tcpEngine } from "../transport/tcp/mod.ts";
+import { proxyFor } from "../transport/tcp/proxy.ts";
 import type { Tunnels } from "../tunnel/slots.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
 import { explainServerCertificate } from "./diagnose.ts";
 import type { ServerInfo } from "./loop-guard.ts";
+import { type Route, TransportChoice, type TransportMode } from "./transport-choice.ts";
 
 /** Options for {@link runAgent}. */
 export interface AgentOptions {
   /** What clients of this agent speak, told to the server as each connection starts. */
   kind: AgentKind;
-  /** The QUIC engine that dials. */
-  engine: QuicEngine;
-  server: HostPort;
+  /** The ways to the server, and which to take. */
+  transports: TransportChoice;
   serverName: string;
   /** The certificates for the next connection attempt (they may be reloaded between attempts). */
   tls: () => TlsMaterial;
@@ -51,6 +58,8 @@ export interface AgentOptions {
 export interface AgentHandle {
   /** The connections to the server, the first (kept up with reconnects) first. */
   readonly connections: readonly QuicConnection[];
+  /** The transport of the first connection (`quic` or `tcp`), while there is one. */
+  readonly transport: Route["name"] | undefined;
   /** Asks the server to route no new tunnels here (before a graceful stop). */
   goAway(): Promise<void>;
   /** Closes the connections and stops reconnecting. */
@@ -70,6 +79,8 @@ const STABLE_AFTER_MS = 10_000;
 const EXTRA_IDLE_MS = 30_000;
 /** How long the server may take to answer the hello (the reference's server never answers). */
 const HELLO_TIMEOUT_MS = 1_000;
+/** How often a connection left for another transport is checked for its last tunnel. */
+const RETIRE_CHECK_MS = 1_000;
 
 /**
  * Keeps a QUIC connection to the server up for as long as the process runs (and more while the
@@ -77,12 +88,16 @@ const HELLO_TIMEOUT_MS = 1_000;
  * its own, so a slow one blocks nothing.
  */
 export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, server: ServerInfo) => void): AgentHandle {
-  const { log } = options;
-  const server = formatHostPort(options.server);
+  const { log, transports } = options;
+  const named = (route: Route) => formatHostPort(route.server);
+  /** What logs say of a route beside its address. */
+  const over = (route: Route) => ({ transport: route.name, proxy: route.proxy?.host });
+  let server = named(transports.routes()[0]);
   const backoff = new Backoff(options.backoff);
   const maxConnections = options.maxConnections ?? 1;
   let stopped = false;
   let primary: QuicConnection | undefined;
+  let primaryRoute: Route | undefined;
   const extras = new Set<QuicConnection>();
   let dialing = 0;
   // A stop must not wait for a dial in flight (up to --handshake-timeout) or the backoff after it.
@@ -101,15 +116,16 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     });
   const all = () => (primary ? [primary, ...extras] : [...extras]);
 
-  /** Dials the server; resolves `undefined` at once if the agent stops first (a late connection is closed). */
-  const dial = async (): Promise<QuicConnection | undefined> => {
+  /** Dials the server over `route`; resolves `undefined` at once if the agent stops first (a late connection is closed). */
+  const dialOver = async (route: Route): Promise<QuicConnection | undefined> => {
     if (stopped) return undefined;
-    const attempt = options.engine.connect({
-      host: options.server.host,
-      port: options.server.port,
+    const attempt = route.engine.connect({
+      host: route.server.host,
+      port: route.server.port,
       serverName: options.serverName,
       tls: options.tls(),
       transport: options.transport,
+      proxy: route.proxy,
     });
     const connection = await new Promise<QuicConnection | undefined>((resolve, reject) => {
       const stop = () => resolve(undefined);
@@ -121,6 +137,32 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       (late) => late.close(0, "agent stopping"),
       () => {},
     );
+    return undefined;
+  };
+
+  /**
+   * Dials over the preferred route and, with `--transport auto`, over the other when that fails;
+   * the route that worked is preferred from then on. Rejects with the last route's error.
+   */
+  const dial = async (): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
+    const routes = transports.routes();
+    for (const [index, route] of routes.entries()) {
+      try {
+        const connection = await dialOver(route);
+        if (!connection) return undefined;
+        transports.connected(route);
+        return { connection, route };
+      } catch (err) {
+        await explainFailure(route, err as Error);
+        if (index === routes.length - 1) throw err;
+        log.warn("cannot connect to server {server} over {transport}: {error}; trying {next}", {
+          server: named(route),
+          error: err,
+          transport: route.name,
+          next: `${named(routes[index + 1])} over ${routes[index + 1].name}`,
+        });
+      }
+    }
     return undefined;
   };
 
@@ -156,7 +198,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   async function dialExtra(): Promise<void> {
     dialing++;
     try {
-      const connection = await dial();
+      const connection = (await dial())?.connection;
       if (!connection) return;
       extras.add(connection);
       let idleSince = Date.now();
@@ -183,49 +225,110 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * tell whether the name, the issuer or the dates were wrong.
    */
   let explained = "";
-  async function explainFailure(err: Error): Promise<void> {
+  async function explainFailure(route: Route, err: Error): Promise<void> {
     if (!/TLS alert|certificate/i.test(err.message) || err.message === explained) return;
     explained = err.message;
     try {
       const tls = options.tls();
-      const certificate = await options.engine.peekCertificate({
-        host: options.server.host,
-        port: options.server.port,
+      const certificate = await route.engine.peekCertificate({
+        host: route.server.host,
+        port: route.server.port,
         serverName: options.serverName,
         tls,
         transport: options.transport,
+        proxy: route.proxy,
       });
       const explanation = certificate && explainServerCertificate(certificate, { serverName: options.serverName, ca: tls.ca });
-      if (explanation) log.error("{explanation}", { server, explanation });
+      if (explanation) log.error("{explanation}", { server: named(route), explanation });
     } catch (diagnosis) {
       log.debug("could not look at the server's certificate: {error}", { server, error: diagnosis });
     }
   }
 
+  /**
+   * While `connection` (over TCP, `--transport auto`) is the first, tries QUIC every so often; once
+   * QUIC connects, it becomes the first and `moved` is called with it, and the TCP connection takes
+   * no new tunnels and closes after its last one.
+   */
+  async function probeQuic(connection: QuicConnection, moved: (quic: QuicConnection) => void): Promise<void> {
+    while (!stopped && primary === connection && !connection.closed) {
+      await sleep(transports.probeDelay());
+      if (stopped || primary !== connection || connection.closed) return;
+      let quic: QuicConnection | undefined;
+      try {
+        quic = await dialOver(transports.quic);
+      } catch (err) {
+        log.debug("QUIC to server {server} still fails: {error}", { server: named(transports.quic), error: err });
+        continue;
+      }
+      if (!quic) return;
+      if (primary !== connection || connection.closed) return quic.close(0, "not needed");
+      transports.connected(transports.quic);
+      moved(quic);
+      retire(connection);
+      return;
+    }
+  }
+
+  /** Asks the server to route nothing new over `connection`, and closes it once its tunnels are done. */
+  function retire(connection: QuicConnection): void {
+    void sendGoAway(connection).catch(() => {});
+    const check = setInterval(() => {
+      if (connection.closed || connection.streamCount > 0) return;
+      clearInterval(check);
+      connection.close(0, "agent moved to another transport");
+    }, RETIRE_CHECK_MS);
+    connection.once("close", () => clearInterval(check));
+  }
+
   async function loop(): Promise<void> {
     while (!stopped) {
       log.debug("dialing server {server}", { server });
-      let connection: QuicConnection | undefined;
+      let dialed: Awaited<ReturnType<typeof dial>>;
       try {
-        connection = await dial();
+        dialed = await dial();
       } catch (err) {
         const delay = backoff.next();
         log.warn("cannot connect to server {server}: {error}; retrying in {delay} ms", { server, error: err, delay });
-        await explainFailure(err as Error);
         await sleep(delay);
         continue;
       }
-      if (!connection) break;
-      primary = connection;
-      const closed = new Promise<QuicError | undefined>((resolve) => connection.once("close", resolve));
+      if (!dialed) break;
+      let { connection, route } = dialed;
+      server = named(route);
+      [primary, primaryRoute] = [connection, route];
       const since = Date.now();
+      // Listened for at once: the close may come before the hello is answered.
+      const closedOnce = (c: QuicConnection) => new Promise<QuicError | undefined>((resolve) => c.once("close", resolve));
+      let closed = closedOnce(connection);
       // A server that refuses this agent (--agent-subject) drops the hello and closes the connection;
       // on node-quic the close arrives a few milliseconds after the stream's end. Connected is said
       // only of a connection that outlives that.
       if ((await serve(connection)).abandoned) await Promise.race([closed, sleep(HELLO_TIMEOUT_MS)]);
-      if (!connection.closed) log.info("connected to server {server}", { server, subject: connection.peerSubject });
-      const error = await closed;
-      primary = undefined;
+      if (!connection.closed) log.info("connected to server {server}", { server, subject: connection.peerSubject, ...over(route) });
+      let error: QuicError | undefined;
+      for (;;) {
+        let onMove: (quic: QuicConnection) => void = () => {};
+        const movedTo = new Promise<QuicConnection>((resolve) => {
+          onMove = resolve;
+        });
+        if (transports.probes(route)) void probeQuic(connection, onMove);
+        const outcome = await Promise.race([closed.then((closeError) => ({ closeError })), movedTo.then((quic) => ({ quic }))]);
+        if (!("quic" in outcome)) {
+          error = outcome.closeError;
+          break;
+        }
+        [connection, route] = [outcome.quic, transports.quic];
+        [primary, primaryRoute] = [connection, route];
+        closed = closedOnce(connection);
+        server = named(route);
+        await serve(connection);
+        log.info("moved to QUIC: connected to server {server}; the TCP connection closes after its last tunnel", {
+          server,
+          transport: route.name,
+        });
+      }
+      [primary, primaryRoute] = [undefined, undefined];
       if (stopped) break;
       if (Date.now() - since >= STABLE_AFTER_MS) backoff.reset();
       const delay = backoff.next();
@@ -242,6 +345,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   return {
     get connections() {
       return all();
+    },
+    get transport() {
+      return primaryRoute?.name;
     },
     async goAway() {
       await Promise.all(
@@ -265,9 +371,22 @@ export function connectionOptions(
   flags: FlagValues<typeof AGENT_FLAGS>,
   wiring: { kind: AgentKind; engine: QuicEngine; tls: () => TlsMaterial; log: Logger },
 ): AgentOptions {
+  const { engine, ...rest } = wiring;
+  const mode = flags.transport as TransportMode;
+  const tcpServer = (flags["server-tcp"] as HostPort | undefined) ?? flags.server;
   return {
-    ...wiring,
-    server: flags.server,
+    ...rest,
+    transports: new TransportChoice({
+      mode,
+      quic: { name: "quic", engine, server: flags.server },
+      tcp: {
+        name: "tcp",
+        engine: tcpEngine,
+        server: tcpServer,
+        proxy: mode === "quic" ? undefined : proxyFor(tcpServer, { flag: flags.proxy }),
+      },
+      probeMs: flags["transport-probe"],
+    }),
     serverName: flags["server-name"],
     transport: { ...transportOptions(flags), keepAliveMs: flags["keep-alive"] },
     backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },
@@ -284,6 +403,9 @@ export function registerConnectionMetrics(registry: Registry, agent: AgentHandle
   new Gauge(registry, "quic_tunnel_server_connections", "QUIC connections to the server (more are opened under load).", () => [
     [{}, agent.connections.length],
   ]);
+  new Gauge(registry, "quic_tunnel_server_transport", "1 for the transport the agent's first connection uses (quic or tcp).", () =>
+    agent.transport ? [[{ transport: agent.transport }, 1]] : [],
+  );
   registerQuicMetrics(registry, () => agent.connections);
 }
 

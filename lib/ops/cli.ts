@@ -7,6 +7,7 @@
 import pkg from "../../package.json" with { type: "json" };
 import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "../protocol.ts";
 import { ENGINE_CHOICES, type QuicEngine, udpBufferShortfall } from "../transport/mod.ts";
+import { tcpUnsupported } from "../transport/tcp/mod.ts";
 import type { PipeOptions } from "../tunnel/pipe.ts";
 import { FlagError, type FlagSpec, type FlagValues, formatDuration, formatSize, helpText, type ParsedFlags, parseFlags } from "./flags.ts";
 
@@ -153,6 +154,30 @@ export const AGENT_FLAGS = {
     default: "30s",
     help: "Largest delay between reconnect attempts (exponential, jittered).",
   },
+  transport: {
+    kind: "string",
+    value: "name",
+    choices: ["auto", "quic", "tcp"],
+    default: "quic",
+    help: "How to reach the server: quic (UDP, as the reference), tcp (TLS on TCP to --server-tcp, the same certificates; through --proxy if set), or auto (QUIC first; when its handshake fails, TCP at once; while on TCP, QUIC is tried again every --transport-probe and tunnels move back without being cut). tcp and auto need a server started with --listen-agent-tcp.",
+  },
+  "server-tcp": {
+    kind: "hostport",
+    value: "host:port",
+    help: "TCP address of the server's --listen-agent-tcp (default: the host and port of --server).",
+  },
+  proxy: {
+    kind: "string",
+    value: "url",
+    help: "HTTP proxy for the TCP transport (http://[user:pass@]host:port, asked with CONNECT). Default: HTTPS_PROXY or https_proxy unless NO_PROXY names the server; QUIC never uses a proxy.",
+  },
+  "transport-probe": {
+    positive: true,
+    kind: "duration",
+    value: "dur",
+    default: "60s",
+    help: "With --transport auto, how often an agent on TCP tries QUIC again (jittered by a fifth).",
+  },
   ...TRANSPORT_FLAGS,
   ...COMMON_FLAGS,
 } satisfies Record<string, FlagSpec>;
@@ -160,6 +185,10 @@ export const AGENT_FLAGS = {
 /** Checks what the agent flags say together (each flag alone is checked as it is parsed). */
 export function checkAgentFlags(values: FlagValues<typeof AGENT_FLAGS>): void {
   transportOptions(values);
+  if (values.transport !== "quic" && tcpUnsupported) throw new FlagError(`--transport ${values.transport}: ${tcpUnsupported}`);
+  if (values.transport === "quic" && (values.proxy || values["server-tcp"])) {
+    throw new FlagError(`--${values.proxy ? "proxy" : "server-tcp"} is for the TCP transport: give --transport tcp or --transport auto`);
+  }
   if (values["reconnect-max"] < values["reconnect-min"]) {
     throw new FlagError(
       `--reconnect-max must not be below --reconnect-min, got ${values["reconnect-max"]} ms < ${values["reconnect-min"]} ms`,

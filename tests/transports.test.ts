@@ -1,0 +1,179 @@
+/**
+ * The agent's ways to the server beside QUIC, with the real roles: the TCP transport (TLS on TCP to
+ * --listen-agent-tcp), through an HTTP proxy (a real tinyproxy), and --transport auto: on TCP
+ * within seconds when UDP is blocked, and back on QUIC once it is not, without cutting a transfer.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { tcpUnsupported } from "../lib/transport/tcp/mod.ts";
+import { noTinyproxy, startTinyproxy, stopTinyproxy } from "./fixtures/tinyproxy.ts";
+import { trackProcesses } from "./fixtures.ts";
+import {
+  agentArgs,
+  expectedSha256,
+  roleMetrics,
+  run,
+  SLOW_TRANSPORT,
+  scratchCerts,
+  sha256,
+  spawnRole,
+  startAgent,
+  startHttpTarget,
+  startLossyRelay,
+  startServer,
+} from "./harness.ts";
+import { until } from "./wait.ts";
+
+const track = trackProcesses();
+const AGENT_TCP = ["--listen-agent-tcp", "127.0.0.1:0"];
+
+describe("transports: TCP, a proxy, and auto", { skip: SLOW_TRANSPORT ?? tcpUnsupported }, () => {
+  let target: Awaited<ReturnType<typeof startHttpTarget>>;
+  before(async () => {
+    target = await startHttpTarget();
+  });
+  after(async () => {
+    await target.close();
+  });
+
+  /** 64 MiB down and up through the server's TCP listener with curl; both must arrive intact. */
+  async function bothWays(tcpPort: number, options: { rate?: string } = {}) {
+    const upload = Buffer.alloc(64 << 20, 0x5a);
+    const proxy = [
+      "-sS",
+      "--max-time",
+      "60",
+      ...(options.rate ? ["--limit-rate", options.rate] : []),
+      "-p",
+      "--proxy",
+      `127.0.0.1:${tcpPort}`,
+    ];
+    const [down, up] = await Promise.all([
+      run("curl", [...proxy, `http://127.0.0.1:${target.port}/mib/64`], { timeoutMs: 70_000 }),
+      run("curl", [...proxy, "-H", "Expect:", "--data-binary", "@-", `http://127.0.0.1:${target.port}/`], {
+        input: upload,
+        timeoutMs: 70_000,
+      }),
+    ]);
+    assert.equal(down.code, 0, down.stderr);
+    assert.equal(sha256(down.stdout), expectedSha256(64));
+    assert.equal(up.code, 0, up.stderr);
+    assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
+  }
+
+  test("--transport tcp: 64 MiB each way arrive intact, and metrics and logs say tcp", async () => {
+    const server = track(await startServer({ args: [...AGENT_TCP, "--admin-addr", "127.0.0.1:0"] }));
+    const agent = track(
+      await startAgent(server.quicPort, {
+        args: ["--transport", "tcp", "--server-tcp", `127.0.0.1:${server.agentTcpPort}`, "--admin-addr", "127.0.0.1:0"],
+      }),
+    );
+    assert.match(agent.log(), /connected to server 127\.0\.0\.1:\d+ .*transport=tcp/);
+    await bothWays(server.tcpPort);
+    assert.equal((await roleMetrics(agent)).get('quic_tunnel_server_transport{transport="tcp"}'), 1);
+  });
+
+  test("--transport auto with UDP blocked: on TCP within 10 s, 64 MiB each way intact; once UDP passes again, back on QUIC while a TCP transfer finishes intact", async () => {
+    const server = track(await startServer({ args: [...AGENT_TCP, "--admin-addr", "127.0.0.1:0"] }));
+    // A firewall that drops every datagram, in front of the server's QUIC port.
+    const relay = await startLossyRelay(server.quicPort, { loss: 1 });
+    try {
+      const started = performance.now();
+      const agent = track(
+        await startAgent(relay.port, {
+          args: [
+            "--transport",
+            "auto",
+            "--server-tcp",
+            `127.0.0.1:${server.agentTcpPort}`,
+            "--transport-probe",
+            "1s",
+            "--admin-addr",
+            "127.0.0.1:0",
+          ],
+        }),
+      );
+      const seconds = (performance.now() - started) / 1000;
+      assert.match(agent.log(), /connected to server 127\.0\.0\.1:\d+ .*transport=tcp/);
+      assert.ok(seconds < 10, `connected over TCP after ${seconds.toFixed(1)} s`);
+      await bothWays(server.tcpPort);
+
+      // A download slow enough to be in flight when the agent moves back to QUIC.
+      const download = run(
+        "curl",
+        [
+          "-sS",
+          "--max-time",
+          "60",
+          "--limit-rate",
+          "8M",
+          "-p",
+          "--proxy",
+          `127.0.0.1:${server.tcpPort}`,
+          `http://127.0.0.1:${target.port}/mib/32`,
+        ],
+        {
+          timeoutMs: 70_000,
+        },
+      );
+      await until(async () => ((await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? 0) >= 1, "the download to start");
+      await relay.setLoss(0);
+      await agent.waitFor(/moved to QUIC/, 15_000);
+      const down = await download;
+      assert.equal(down.code, 0, down.stderr);
+      assert.equal(sha256(down.stdout), expectedSha256(32), "the transfer over TCP finished intact after the move");
+      await until(async () => (await roleMetrics(agent)).get('quic_tunnel_server_transport{transport="quic"}') === 1, "the agent on QUIC");
+      // New tunnels go over QUIC now: the relay forwards their datagrams.
+      const before = (await relay.stats()).forwarded;
+      await bothWays(server.tcpPort);
+      assert.ok((await relay.stats()).forwarded > before + 10_000, "the new transfers went over QUIC");
+      assert.doesNotMatch(agent.log(), /connection to server .* lost/, "the agent never lost its connection");
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test("--transport tcp through an HTTP proxy (tinyproxy): 64 MiB each way intact, and the proxy carried the agent's CONNECT", {
+    skip: noTinyproxy,
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tinyproxy-"));
+    const proxy = await startTinyproxy(dir, "agent-proxy", []);
+    try {
+      const server = track(await startServer({ args: AGENT_TCP }));
+      const agent = track(
+        await startAgent(server.quicPort, {
+          args: ["--transport", "tcp", "--server-tcp", `127.0.0.1:${server.agentTcpPort}`, "--proxy", proxy.url.href],
+        }),
+      );
+      assert.match(agent.log(), /connected to server 127\.0\.0\.1:\d+ .*transport=tcp proxy=127\.0\.0\.1:\d+/);
+      await bothWays(server.tcpPort);
+      assert.match(
+        readFileSync(proxy.log, "utf8"),
+        new RegExp(`127\\.0\\.0\\.1:${server.agentTcpPort}`),
+        "tinyproxy logged the agent's CONNECT",
+      );
+    } finally {
+      await stopTinyproxy(proxy.child);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("--proxy or --server-tcp without a TCP transport, or a proxy that is not http://, is refused at start", async () => {
+    for (const [args, message] of [
+      [["--proxy", "http://127.0.0.1:3128"], /--proxy is for the TCP transport: give --transport tcp or --transport auto/],
+      [["--server-tcp", "127.0.0.1:1"], /--server-tcp is for the TCP transport/],
+      [
+        ["--transport", "tcp", "--proxy", "socks5://u:secret@127.0.0.1:1080"],
+        /--proxy "socks5:\/\/u:\*\*\*@127\.0\.0\.1:1080": expected an http:\/\/ proxy URL/,
+      ],
+    ] as const) {
+      const agent = spawnRole("agent.ts", [...agentArgs("127.0.0.1:1", scratchCerts()), ...args]);
+      assert.notEqual(await agent.exited, 0, args.join(" "));
+      assert.match(agent.log(), message);
+      assert.doesNotMatch(agent.log(), /secret/, "no password in the message");
+    }
+  });
+});
