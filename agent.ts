@@ -147,6 +147,7 @@ if (admin) {
     registry,
     log,
     notReady: () => (draining ? "shutting down" : agent.connections.length > 0 ? undefined : "not connected to the server"),
+    readyDetail: () => (agent.transport ? `connected over ${agent.transport}` : undefined),
   }).catch((err) => exitWithError("quic-agent", err));
 }
 

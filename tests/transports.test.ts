@@ -10,8 +10,9 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { tcpUnsupported } from "../lib/transport/tcp/mod.ts";
 import { noTinyproxy, startTinyproxy, stopTinyproxy } from "./fixtures/tinyproxy.ts";
-import { trackProcesses } from "./fixtures.ts";
+import { rssMb, trackProcesses } from "./fixtures.ts";
 import {
+  adminGet,
   agentArgs,
   expectedSha256,
   roleMetrics,
@@ -74,6 +75,48 @@ describe("transports: TCP, a proxy, and auto", { skip: SLOW_TRANSPORT ?? tcpUnsu
     assert.match(agent.log(), /connected to server 127\.0\.0\.1:\d+ .*transport=tcp/);
     await bothWays(server.tcpPort);
     assert.equal((await roleMetrics(agent)).get('quic_tunnel_server_transport{transport="tcp"}'), 1);
+    const admin = Number((await agent.waitFor(/admin endpoint on 127\.0\.0\.1:(\d+)/))[1]);
+    assert.deepEqual(await adminGet(admin, "/readyz"), { status: 200, body: "ready: connected over tcp\n" });
+  });
+
+  test("--transport tcp with a client that reads slowly: flow control holds the agent back, memory stays bounded", async () => {
+    const server = track(await startServer({ args: AGENT_TCP }));
+    const agent = track(
+      await startAgent(server.quicPort, { args: ["--transport", "tcp", "--server-tcp", `127.0.0.1:${server.agentTcpPort}`] }),
+    );
+    const before = { server: rssMb(server.child.pid), agent: rssMb(agent.child.pid) };
+    const peak = { ...before };
+    const sampler = setInterval(() => {
+      peak.server = Math.max(peak.server, rssMb(server.child.pid));
+      peak.agent = Math.max(peak.agent, rssMb(agent.child.pid));
+    }, 100);
+    // 1 GiB asked for, read at 2 MiB/s for 3 s: the agent could send hundreds of MiB meanwhile.
+    const slow = await run(
+      "curl",
+      [
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        "--limit-rate",
+        "2M",
+        "--max-time",
+        "3",
+        "-p",
+        "--proxy",
+        `127.0.0.1:${server.tcpPort}`,
+        `http://127.0.0.1:${target.port}/mib/1024`,
+      ],
+      { timeoutMs: 10_000 },
+    );
+    clearInterval(sampler);
+    assert.equal(slow.code, 28, `curl stopped at its --max-time: ${slow.stderr}`);
+    const read = Number(slow.stdout.toString());
+    assert.ok(read > 2 << 20 && read < 16 << 20, `the client read at its own pace (${read} bytes)`);
+    for (const role of ["server", "agent"] as const) {
+      assert.ok(peak[role] - before[role] < 64, `${role} grew ${(peak[role] - before[role]).toFixed(0)} MB for a slow reader`);
+    }
   });
 
   test("--transport auto with UDP blocked: on TCP within 10 s, 64 MiB each way intact; once UDP passes again, back on QUIC while a TCP transfer finishes intact", async () => {

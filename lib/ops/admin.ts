@@ -22,6 +22,8 @@ export interface AdminOptions {
   log: Logger;
   /** Returns `undefined` when ready, or the reason it is not. */
   notReady(): string | undefined;
+  /** What `/readyz` adds when ready (an agent: which transport it is connected over). */
+  readyDetail?(): string | undefined;
 }
 
 /** Limits of the admin endpoint; the defaults suit Prometheus and kubelet probes by a wide margin. */
@@ -144,7 +146,8 @@ export function startAdmin(
       answer(exchange, 200, "ok\n");
     } else if (path === "/readyz") {
       const reason = options.notReady();
-      answer(exchange, reason ? 503 : 200, reason ? `not ready: ${reason}\n` : "ready\n");
+      const detail = reason ? undefined : options.readyDetail?.();
+      answer(exchange, reason ? 503 : 200, reason ? `not ready: ${reason}\n` : detail ? `ready: ${detail}\n` : "ready\n");
     } else if (path === "/metrics") {
       answer(exchange, 200, metrics(), { type: "text/plain; version=0.0.4; charset=utf-8" });
     } else {
