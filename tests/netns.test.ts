@@ -1,8 +1,8 @@
 /**
  * Paths that only network namespaces can make on one machine: server and agent in two namespaces
- * of their own, joined by a veth pair whose MTU is 1280 (as on VPNs and some overlays). Addresses
- * come from 198.18.0.0/15, the range set aside for benchmark networks. Needs root and `ip netns`;
- * skipped, with the reason, where those are missing.
+ * of their own, joined by a veth pair whose MTU is 1280 (as on VPNs and some overlays), and an
+ * agent whose own address changes under it. Addresses come from 198.18.0.0/15, the range set aside
+ * for benchmark networks. Needs root and `ip netns`; skipped, with the reason, where those are missing.
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
@@ -14,6 +14,8 @@ const SERVER_NS = `qt-srv-${process.pid}`;
 const AGENT_NS = `qt-agt-${process.pid}`;
 const SERVER_IP = "198.18.0.1";
 const AGENT_IP = "198.18.0.2";
+/** The agent's address after it moves (a DHCP renewal, a failover), in the same /29. */
+const AGENT_NEW_IP = "198.18.0.3";
 
 function ip(args: string[]): void {
   execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
@@ -29,8 +31,10 @@ before(async () => {
     ip(["netns", "add", SERVER_NS]);
     ip(["netns", "add", AGENT_NS]);
     ip(["link", "add", "qts0", "netns", SERVER_NS, "type", "veth", "peer", "name", "qta0", "netns", AGENT_NS]);
-    ip(["-n", SERVER_NS, "addr", "add", `${SERVER_IP}/30`, "dev", "qts0"]);
-    ip(["-n", AGENT_NS, "addr", "add", `${AGENT_IP}/30`, "dev", "qta0"]);
+    ip(["-n", SERVER_NS, "addr", "add", `${SERVER_IP}/29`, "dev", "qts0"]);
+    ip(["-n", AGENT_NS, "addr", "add", `${AGENT_IP}/29`, "dev", "qta0"]);
+    // Deleting the agent's first address must leave the second (not take it along, the default).
+    execFileSync("ip", ["netns", "exec", AGENT_NS, "sysctl", "-qw", "net.ipv4.conf.qta0.promote_secondaries=1"]);
     for (const [ns, dev] of [
       [SERVER_NS, "qts0"],
       [AGENT_NS, "qta0"],
@@ -76,13 +80,14 @@ function fragmentsCreated(ns: string): number {
   return Number(values[names.indexOf("FragCreates")]);
 }
 
-async function download(server: { tcpPort: number }, mib: number) {
+async function download(server: { tcpPort: number }, mib: number, curlArgs: string[] = []) {
   return await run("ip", [
     "netns",
     "exec",
     SERVER_NS,
     "curl",
     "-sS",
+    ...curlArgs,
     "--max-time",
     "60",
     "-p",
@@ -112,4 +117,43 @@ test("--max-udp-payload 1452 sends packets that do not fit the path (the kernel 
   await download(server, 4);
   assert.ok(fragmentsCreated(SERVER_NS) + fragmentsCreated(AGENT_NS) - before > 0, "oversized packets were fragmented");
   await Promise.all([server.stop(), agent.stop()]);
+});
+
+test("the agent's own address changes under transfers, the agent told nothing: 64 MiB down and up intact, no reconnect (quiche)", {
+  skip: SLOW_TRANSPORT,
+}, async (t) => {
+  if (unavailable) return void t.skip(unavailable);
+  const { server, agent } = await tunnel(["--quic-engine", "quiche"]);
+  // 64 MiB each way at 16 MiB/s: some 4 s, so the address changes with most of both still to come.
+  const rate = ["--limit-rate", "16M"];
+  const upload = Buffer.alloc(64 << 20, 0x7e);
+  const started = performance.now();
+  const transfers = Promise.all([
+    download(server, 64, rate),
+    run(
+      "ip",
+      [
+        ...["netns", "exec", SERVER_NS, "curl", "-sS", ...rate, "--max-time", "60", "-p", "--proxy", `127.0.0.1:${server.tcpPort}`],
+        ...["-H", "Expect:", "--data-binary", "@-", `http://127.0.0.1:${targetPort}/`],
+      ],
+      { input: upload },
+    ),
+  ]);
+  await new Promise((resolve) => setTimeout(resolve, 1_000)); // a fixed point in the transfers is the point: a second in
+  ip(["-n", AGENT_NS, "addr", "add", `${AGENT_NEW_IP}/29`, "dev", "qta0"]);
+  ip(["-n", AGENT_NS, "addr", "del", `${AGENT_IP}/29`, "dev", "qta0"]);
+  try {
+    const [down, up] = await transfers;
+    t.diagnostic(`both took ${((performance.now() - started) / 1000).toFixed(1)} s across the move (4 s at the rate limit)`);
+    assert.equal(down.code, 0, down.stderr);
+    assert.equal(sha256(down.stdout), expectedSha256(64));
+    assert.equal(up.code, 0, up.stderr);
+    assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
+    assert.match(server.log(), new RegExp(`agent \\S+ moved to ${AGENT_NEW_IP.replaceAll(".", "\\.")}:\\d+`));
+    assert.doesNotMatch(agent.log(), /connection to server .* lost/, "the agent kept its connection");
+  } finally {
+    ip(["-n", AGENT_NS, "addr", "add", `${AGENT_IP}/29`, "dev", "qta0"]);
+    ip(["-n", AGENT_NS, "addr", "del", `${AGENT_NEW_IP}/29`, "dev", "qta0"]);
+    await Promise.all([server.stop(), agent.stop()]);
+  }
 });
