@@ -1,10 +1,11 @@
 /**
  * Test harness: what tests share beyond scripts/roles.ts (role processes) and scripts/traffic.ts
  * (HTTP target, raw client), which it re-exports: the engines and runtimes to test, foreign
- * certificates, a lossy UDP relay and Prometheus parsing.
+ * certificates, a lossy UDP relay, curl transfers both ways and Prometheus parsing.
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,7 +13,8 @@ import { join } from "node:path";
 import { hasNodeQuic, type QuicEngineName } from "../lib/transport/mod.ts";
 import { openDenoUdp } from "../lib/transport/quiche/datagram-deno.ts";
 import { type DevCertPaths, ensureDevCerts } from "../scripts/dev-certs.ts";
-import { currentRuntime, ROOT, type RoleProcess, type Runtime, runtimeCommand } from "../scripts/roles.ts";
+import { currentRuntime, ROOT, type RoleProcess, type Runtime, run, runtimeCommand } from "../scripts/roles.ts";
+import { expectedSha256, sha256 } from "../scripts/traffic.ts";
 
 export * from "../scripts/roles.ts";
 export * from "../scripts/traffic.ts";
@@ -129,6 +131,48 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
       const exited = new Promise((resolve) => child.once("exit", resolve));
       child.kill("SIGKILL");
       await exited;
+    },
+  };
+}
+
+/** A download and an upload through the tunnel, and whether both arrived whole. */
+export interface BothWays {
+  down: Awaited<ReturnType<typeof run>>;
+  up: Awaited<ReturnType<typeof run>>;
+  /** Asserts that curl succeeded both ways and the sha256 of each matches. */
+  assertIntact(): void;
+}
+
+/**
+ * Downloads `mib` MiB from the HTTP target at `targetPort` and uploads as much to it at once, with
+ * curl through the tunnel server at `proxyPort`. `rate` limits each (curl's `--limit-rate`, so that
+ * both are in flight when a test changes the path); `prefix` runs curl inside something else
+ * (`ip netns exec NS`).
+ */
+export async function transferBothWays(
+  proxyPort: number,
+  targetPort: number,
+  options: { mib: number; rate?: string; prefix?: string[] },
+): Promise<BothWays> {
+  const upload = Buffer.alloc(options.mib << 20, 0x3c);
+  const [command, ...prefix] = [...(options.prefix ?? []), "curl"];
+  const rate = options.rate ? ["--limit-rate", options.rate] : [];
+  const curl = [...prefix, "-sS", "--max-time", "60", ...rate, "-p", "--proxy", `127.0.0.1:${proxyPort}`];
+  const [down, up] = await Promise.all([
+    run(command, [...curl, `http://127.0.0.1:${targetPort}/mib/${options.mib}`], { timeoutMs: 70_000 }),
+    run(command, [...curl, "-H", "Expect:", "--data-binary", "@-", `http://127.0.0.1:${targetPort}/`], {
+      input: upload,
+      timeoutMs: 70_000,
+    }),
+  ]);
+  return {
+    down,
+    up,
+    assertIntact() {
+      assert.equal(down.code, 0, down.stderr);
+      assert.equal(sha256(down.stdout), expectedSha256(options.mib));
+      assert.equal(up.code, 0, up.stderr);
+      assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
     },
   };
 }

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 import { trackProcesses } from "./fixtures.ts";
-import { expectedSha256, ROOT, run, runtimeCommand, SLOW_TRANSPORT, sha256, startAgent, startServer } from "./harness.ts";
+import { expectedSha256, ROOT, run, runtimeCommand, SLOW_TRANSPORT, sha256, startAgent, startServer, transferBothWays } from "./harness.ts";
 
 const SERVER_NS = `qt-srv-${process.pid}`;
 const AGENT_NS = `qt-agt-${process.pid}`;
@@ -125,30 +125,15 @@ test("the agent's own address changes under transfers, the agent told nothing: 6
   if (unavailable) return void t.skip(unavailable);
   const { server, agent } = await tunnel(["--quic-engine", "quiche"]);
   // 64 MiB each way at 16 MiB/s: some 4 s, so the address changes with most of both still to come.
-  const rate = ["--limit-rate", "16M"];
-  const upload = Buffer.alloc(64 << 20, 0x7e);
   const started = performance.now();
-  const transfers = Promise.all([
-    download(server, 64, rate),
-    run(
-      "ip",
-      [
-        ...["netns", "exec", SERVER_NS, "curl", "-sS", ...rate, "--max-time", "60", "-p", "--proxy", `127.0.0.1:${server.tcpPort}`],
-        ...["-H", "Expect:", "--data-binary", "@-", `http://127.0.0.1:${targetPort}/`],
-      ],
-      { input: upload },
-    ),
-  ]);
+  const transfers = transferBothWays(server.tcpPort, targetPort, { mib: 64, rate: "16M", prefix: ["ip", "netns", "exec", SERVER_NS] });
   await new Promise((resolve) => setTimeout(resolve, 1_000)); // a fixed point in the transfers is the point: a second in
   ip(["-n", AGENT_NS, "addr", "add", `${AGENT_NEW_IP}/29`, "dev", "qta0"]);
   ip(["-n", AGENT_NS, "addr", "del", `${AGENT_IP}/29`, "dev", "qta0"]);
   try {
-    const [down, up] = await transfers;
+    const both = await transfers;
     t.diagnostic(`both took ${((performance.now() - started) / 1000).toFixed(1)} s across the move (4 s at the rate limit)`);
-    assert.equal(down.code, 0, down.stderr);
-    assert.equal(sha256(down.stdout), expectedSha256(64));
-    assert.equal(up.code, 0, up.stderr);
-    assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
+    both.assertIntact();
     assert.match(server.log(), new RegExp(`agent \\S+ moved to ${AGENT_NEW_IP.replaceAll(".", "\\.")}:\\d+`));
     assert.doesNotMatch(agent.log(), /connection to server .* lost/, "the agent kept its connection");
   } finally {

@@ -25,6 +25,7 @@ import {
   startHttpTarget,
   startLossyRelay,
   startServer,
+  transferBothWays,
 } from "./harness.ts";
 import { until } from "./wait.ts";
 
@@ -41,29 +42,7 @@ describe("transports: TCP, a proxy, and auto", { skip: SLOW_TRANSPORT ?? tcpUnsu
   });
 
   /** 64 MiB down and up through the server's TCP listener with curl; both must arrive intact. */
-  async function bothWays(tcpPort: number, options: { rate?: string } = {}) {
-    const upload = Buffer.alloc(64 << 20, 0x5a);
-    const proxy = [
-      "-sS",
-      "--max-time",
-      "60",
-      ...(options.rate ? ["--limit-rate", options.rate] : []),
-      "-p",
-      "--proxy",
-      `127.0.0.1:${tcpPort}`,
-    ];
-    const [down, up] = await Promise.all([
-      run("curl", [...proxy, `http://127.0.0.1:${target.port}/mib/64`], { timeoutMs: 70_000 }),
-      run("curl", [...proxy, "-H", "Expect:", "--data-binary", "@-", `http://127.0.0.1:${target.port}/`], {
-        input: upload,
-        timeoutMs: 70_000,
-      }),
-    ]);
-    assert.equal(down.code, 0, down.stderr);
-    assert.equal(sha256(down.stdout), expectedSha256(64));
-    assert.equal(up.code, 0, up.stderr);
-    assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
-  }
+  const bothWays = async (tcpPort: number) => (await transferBothWays(tcpPort, target.port, { mib: 64 })).assertIntact();
 
   test("--transport tcp: 64 MiB each way arrive intact, and metrics and logs say tcp", async () => {
     const server = track(await startServer({ args: [...AGENT_TCP, "--admin-addr", "127.0.0.1:0"] }));
