@@ -24,12 +24,18 @@ const secureContext = (material: TlsMaterial) => ({
   key: Buffer.from(material.key),
 });
 
+const peerOf = (socket: Socket) => formatHostPort({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 });
+
 /** A listening TCP-transport endpoint. */
 class TcpServer extends EventEmitter<ServerEvents> implements QuicServer {
   readonly #server: tls.Server;
   readonly #transport: TransportOptions;
   readonly #connections = new Set<TcpConnection>();
-  readonly #handshaking = new Set<Socket>();
+  /**
+   * Sockets in their TLS handshake, by peer address: Node hands the raw socket to "connection"
+   * and a TLSSocket wrapping it to "secureConnection", Bun the same object to both.
+   */
+  readonly #handshaking = new Map<string, Socket>();
   readonly #refused: Record<string, number> = {};
   readonly #maxHandshakes: number;
 
@@ -48,7 +54,7 @@ class TcpServer extends EventEmitter<ServerEvents> implements QuicServer {
     this.#server.on("secureConnection", (socket) => this.#accept(socket));
     this.#server.on("tlsClientError", (err, socket) => {
       this.#count(/timed out|timeout/i.test(err.message) ? "handshake_timeout" : "tls");
-      const peer = formatHostPort({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 });
+      const peer = peerOf(socket);
       this.emit("rejected", peer, new QuicError(`TLS handshake with ${peer} failed: ${err.message}`, { cause: err }));
     });
     this.#server.on("error", (err) => this.emit("error", err));
@@ -86,7 +92,7 @@ class TcpServer extends EventEmitter<ServerEvents> implements QuicServer {
 
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const socket of this.#handshaking) socket.destroy();
+    for (const socket of this.#handshaking.values()) socket.destroy();
     for (const connection of this.#connections) connection.close(0, "server stopping");
     await closed;
   }
@@ -101,13 +107,16 @@ class TcpServer extends EventEmitter<ServerEvents> implements QuicServer {
       socket.destroy();
       return;
     }
-    this.#handshaking.add(socket);
-    socket.once("close", () => this.#handshaking.delete(socket));
+    const peer = peerOf(socket);
+    this.#handshaking.set(peer, socket);
+    socket.once("close", () => {
+      if (this.#handshaking.get(peer) === socket) this.#handshaking.delete(peer);
+    });
   }
 
   #accept(socket: TLSSocket): void {
-    this.#handshaking.delete(socket);
-    const peer = formatHostPort({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 });
+    const peer = peerOf(socket);
+    this.#handshaking.delete(peer);
     if (socket.alpnProtocol !== TCP_ALPN) {
       this.#count("alpn");
       this.emit("rejected", peer, new QuicError(`agent ${peer} does not speak ${TCP_ALPN} (ALPN ${socket.alpnProtocol || "none"})`));
@@ -121,12 +130,12 @@ class TcpServer extends EventEmitter<ServerEvents> implements QuicServer {
       settings: http2Settings(this.#transport),
     });
     const connection = new TcpConnection(session, { socket, peer, role: "server", transport: this.#transport });
+    // Held from here, so that close() also ends an agent that has not sent its SETTINGS yet.
+    this.#connections.add(connection);
+    connection.once("close", () => this.#connections.delete(connection));
     session.once("remoteSettings", () => {
       session.setLocalWindowSize(this.#transport.connectionWindow);
-      if (connection.closed) return;
-      this.#connections.add(connection);
-      connection.once("close", () => this.#connections.delete(connection));
-      this.emit("connection", connection);
+      if (!connection.closed) this.emit("connection", connection);
     });
   }
 }
