@@ -3,11 +3,11 @@
  * real clients (curl, raw sockets), bytes compared with sha256.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
-import type net from "node:net";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, test } from "node:test";
@@ -126,6 +126,21 @@ for (const engine of ENGINES) {
         endAfterWrite: true,
       });
       assert.ok(reply.length > 1 << 20, `got ${reply.length} bytes`);
+    });
+
+    test("a FIN sent with the CONNECT head reaches a target that answers only at end of input", async () => {
+      // The target hashes what it gets and answers once its input ends: a FIN lost on the way hangs.
+      const hashing = net.createServer({ allowHalfOpen: true }, (socket) => {
+        const hash = createHash("sha256");
+        socket.on("data", (chunk) => hash.update(chunk));
+        socket.once("end", () => socket.end(`sha256 ${hash.digest("hex")}\n`));
+      });
+      await new Promise<void>((resolve) => hashing.listen(0, "127.0.0.1", resolve));
+      const payload = randomBytes(48 * 1024);
+      const port = (hashing.address() as net.AddressInfo).port;
+      const request = Buffer.concat([Buffer.from(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\n\r\n`), payload]);
+      const reply = await rawExchange(server.tcpPort, request, { endAfterWrite: true, timeoutMs: 5_000 }).finally(() => hashing.close());
+      assert.equal(reply, `HTTP/1.1 200 OK\r\n\r\nsha256 ${sha256(payload)}\n`);
     });
 
     test("IPv6 literal targets work", async (t) => {

@@ -85,7 +85,10 @@ function forward(
       options.budget?.stall(stall);
     }
   });
-  from.once("end", () => to.end());
+  // A FIN that came right behind a request head has already ended the paused stream: a stream
+  // emits "end" once nothing is buffered, paused or not, and would not emit it again.
+  if (from.readableEnded) to.end();
+  else from.once("end", () => to.end());
   for (const stream of [from, to]) stream.once("close", () => options.budget?.resume(stall));
   from.resume();
 }
@@ -147,8 +150,10 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
     halfClosed = true;
     arm();
   };
-  a.once("end", onHalfClose);
-  b.once("end", onHalfClose);
+  for (const stream of [a, b]) {
+    if (stream.readableEnded) onHalfClose();
+    else stream.once("end", onHalfClose);
+  }
   return new Promise((resolve) => {
     let open = 2;
     const onClose = (stream: Duplex, other: Duplex) => {

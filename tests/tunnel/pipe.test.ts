@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
 import { pipeBoth } from "../../lib/tunnel/pipe.ts";
-import { pause } from "../wait.ts";
+import { pause, until } from "../wait.ts";
 
 /**
  * A connected pair of real TCP sockets on loopback, both with half-close allowed. A reset is what
@@ -42,6 +42,29 @@ test("half-close: one side's FIN passes while the other direction keeps flowing"
   assert.equal(await atClient, "answer after the client's FIN, then FIN");
   const result = await piping;
   assert.deepEqual(result, { sent: 16, received: 39 });
+  closeA();
+  closeB();
+});
+
+test("a FIN that arrived with the request head, before the pipe started, still passes on", async () => {
+  const [clientA, a, closeA] = await socketPair();
+  const [b, serverB, closeB] = await socketPair();
+  // What a CONNECT handler does: read the head, pause. The FIN right behind it ends the paused
+  // socket (Node and Bun emit "end" once nothing is buffered) before anyone pipes it.
+  clientA.end("CONNECT head");
+  await new Promise<void>((resolve) =>
+    a.once("data", () => {
+      a.pause();
+      resolve();
+    }),
+  );
+  await until(() => a.readableEnded, "the client's FIN to end the paused socket");
+  const atServer = readAll(serverB);
+  const piping = pipeBoth(a, b);
+  assert.equal(await Promise.race([atServer, pause(2_000).then(() => "no FIN within 2 s")]), "");
+  serverB.end("answer");
+  assert.equal(await readAll(clientA), "answer");
+  await piping;
   closeA();
   closeB();
 });
