@@ -21,7 +21,8 @@ const target = httpTargetFixture();
 /**
  * `count` clients, each asking for `mib` MiB through the tunnel and never reading a byte of it,
  * with 4 KiB receive buffers (a JavaScript socket cannot shrink its own): a Python process that
- * holds them until {@link NonReaders.close}.
+ * holds them until {@link NonReaders.close}. With `halfClose` each ends its sending side after
+ * the request, as a client whose request is complete may.
  */
 interface NonReaders {
   close(): Promise<void>;
@@ -29,13 +30,15 @@ interface NonReaders {
 
 const NON_READERS = `
 import socket, sys
-port, target, count, mib = (int(arg) for arg in sys.argv[1:5])
+port, target, count, mib, half_close = (int(arg) for arg in sys.argv[1:6])
 clients = []
 for _ in range(count):
     c = socket.socket()
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     c.connect(("127.0.0.1", port))
     c.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n\\r\\nGET /mib/%d HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n" % (target, mib))
+    if half_close:
+        c.shutdown(socket.SHUT_WR)
     clients.append(c)
 print("ready", flush=True)
 sys.stdin.read()
@@ -43,10 +46,9 @@ for c in clients:
     c.close()
 `;
 
-async function nonReaders(proxyPort: number, options: { count: number; mib: number }): Promise<NonReaders> {
-  const child = spawn("python3", ["-c", NON_READERS, String(proxyPort), String(target.port), String(options.count), String(options.mib)], {
-    stdio: ["pipe", "pipe", "inherit"],
-  });
+async function nonReaders(proxyPort: number, options: { count: number; mib: number; halfClose?: boolean }): Promise<NonReaders> {
+  const args = [proxyPort, target.port, options.count, options.mib, options.halfClose ? 1 : 0].map(String);
+  const child = spawn("python3", ["-c", NON_READERS, ...args], { stdio: ["pipe", "pipe", "inherit"] });
   children.push(child);
   await new Promise<void>((resolve, reject) => {
     child.stdout?.once("data", () => resolve());
@@ -74,14 +76,16 @@ async function leastRss<K extends string>(pids: Record<K, number | undefined>): 
   return least;
 }
 
-/** How long a fresh tunnel takes to bring a 64 KiB answer, or the error it got. */
-async function freshTunnel(proxyPort: number): Promise<number> {
+/** How long a fresh tunnel takes to bring a 64 KiB answer (or `mib` MiB), or the error it got. */
+async function freshTunnel(proxyPort: number, mib?: number): Promise<number> {
   const started = performance.now();
-  const reply = await rawExchange(proxyPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET /bytes/65536 HTTP/1.0\r\n\r\n`, {
+  const path = mib ? `/mib/${mib}` : "/bytes/65536";
+  const reply = await rawExchange(proxyPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET ${path} HTTP/1.0\r\n\r\n`, {
     timeoutMs: 5_000,
   });
   assert.match(reply, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nHTTP\/1\.[01] 200/, "a fresh tunnel is answered");
-  assert.ok(reply.length > 65536, `a fresh tunnel brings its whole answer, got ${reply.length} bytes`);
+  const size = mib ? mib * 2 ** 20 : 65536;
+  assert.ok(reply.length > size, `a fresh tunnel brings its whole answer, got ${reply.length} bytes`);
   return performance.now() - started;
 }
 
@@ -180,6 +184,29 @@ for (const engine of ENGINES) {
         timeoutMs: 20_000,
       });
       for (let i = 0; i < 5; i++) assert.ok((await freshTunnel(server.tcpPort)) < 1_000, "a fresh tunnel at once");
+    });
+
+    test("clients that half-close and never read give the connection's window back when --half-close-timeout ends them", async () => {
+      // Each FIN comes right behind its request: it must reach the agent (it once was lost before
+      // the pipe began), and both roles then end the quiet half-closed tunnels in order, so that
+      // quiche 0.18 drops no unread bytes uncredited.
+      const args = ["--max-buffered", "0", "--half-close-timeout", "1s", "--admin-addr", "127.0.0.1:0"];
+      const server = track(await startServer({ engine, args }));
+      track(await startAgent(server.quicPort, { engine, args }));
+      const clients = await nonReaders(server.tcpPort, { count: 40, mib: 64, halfClose: true });
+      try {
+        await until(
+          async () => (await roleMetrics(server)).get("quic_tunnel_tunnels_active") === 0,
+          "the half-close timeout to end every tunnel",
+          {
+            timeoutMs: 20_000,
+            intervalMs: 200,
+          },
+        );
+        for (let i = 0; i < 3; i++) assert.ok((await freshTunnel(server.tcpPort, 16)) < 3_000, "a fresh tunnel at once");
+      } finally {
+        await clients.close();
+      }
     });
   });
 }

@@ -742,6 +742,59 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       client.close();
     });
 
+    test("streams aborted after the peer's FIN give the connection's window back once the stalled peer ends them too", async () => {
+      // A half-closed tunnel whose client stopped reading: the reader's side sent its FIN, the
+      // writer read it, stalled, and gives up; moments later the reader's side gives up too (the
+      // same --half-close-timeout on both roles). A reset that outran the reader's own abort would
+      // leave quiche 0.18 dropping the unread bytes uncredited, a stream window each time.
+      const { client, serverSide } = await pair({ client: { connectionWindow: 8 << 20, streamWindow: 1 << 20 } });
+      const incoming: QuicStream[] = [];
+      client.on("stream", (stream) => {
+        incoming.push(stream.on("error", ignore));
+        stream.end();
+      });
+      const chunk = Buffer.alloc(64 * 1024, 7);
+      for (let i = 0; i < 24; i++) {
+        const stream = (await serverSide.openStream()).on("error", ignore);
+        let finRead = false;
+        stream.once("end", () => {
+          finRead = true;
+        });
+        stream.resume();
+        let accepted = 0;
+        let lastChange = Date.now();
+        const pump = () => {
+          while (!stream.destroyed && stream.write(chunk, () => ([accepted, lastChange] = [accepted + chunk.length, Date.now()])));
+          if (!stream.destroyed) stream.once("drain", pump);
+        };
+        pump();
+        await until(() => Date.now() - lastChange > 100 || accepted > 4 << 20, `stream ${i} to stall`, {
+          timeoutMs: 10_000,
+          intervalMs: 5,
+        });
+        await until(
+          () => finRead,
+          `stream ${i} to bring the client's FIN (it has not arrived if the window is gone: ${accepted} bytes taken)`,
+        );
+        stream.destroy();
+        const reader = await until(() => incoming.find((candidate) => candidate.id === stream.id), `stream ${i} at the client`);
+        setTimeout(() => reader.destroy(), 50);
+      }
+      await pause(100);
+      const fresh = await serverSide.openStream();
+      const arrived = until(() => incoming.find((stream) => stream.id === fresh.id), "the fresh stream to arrive", { timeoutMs: 5_000 });
+      const payload = randomBytes(2 << 20);
+      const sent = sendAll(fresh, payload);
+      const received = collect(await arrived);
+      const { sha256 } = await Promise.race([
+        received,
+        pause(10_000).then(() => assert.fail("the fresh stream stalled: the aborted streams kept the connection's window")),
+      ]);
+      await sent;
+      assert.equal(sha256, digest(payload));
+      client.close();
+    });
+
     test("idle timeout closes both sides with a timeout reason", async () => {
       const { client, serverSide } = await pair({ server: { idleTimeoutMs: 1000 }, client: { idleTimeoutMs: 1000, keepAliveMs: 0 } });
       const [clientError, serverError] = await Promise.all([

@@ -273,21 +273,18 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       // stalled would lose that window for good. So our unread bytes are read out (credited), then
       // STOP_SENDING tells the peer we abort; a peer of this engine watching its stalled readers
       // reads out and stops too, and only then does our RESET_STREAM arrive.
-      const stopping = !this.#readDone;
-      if (stopping) this.#discardUnread();
-      try {
-        if (stopping) native.streamShutdown(this.id, quiche.Shutdown.Read, STREAM_CANCELLED);
-      } catch {
-        // already finished on the peer's side
-      }
-      if (!this.#writeDone && stopping) this.#host.resetLater(this.id);
-      else if (!this.#writeDone) {
+      if (!this.#readDone) {
+        this.#discardUnread();
         try {
-          native.streamShutdown(this.id, quiche.Shutdown.Write, STREAM_CANCELLED);
+          native.streamShutdown(this.id, quiche.Shutdown.Read, STREAM_CANCELLED);
         } catch {
-          // already finished on our side
+          // already finished on the peer's side
         }
       }
+      // Also when the peer's FIN was read and there is nothing to stop: a peer whose reader
+      // stalled behind its own FIN (a half-closed client that stopped reading) then ends the
+      // stream itself meanwhile, as its --half-close-timeout does, and reads out what it holds.
+      if (!this.#writeDone) this.#host.resetLater(this.id);
     }
     this.#pendingCallback = null;
     this.#finPending = null;
