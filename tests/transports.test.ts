@@ -143,11 +143,18 @@ describe("transports: TCP, a proxy, and auto", { skip: SLOW_TRANSPORT ?? tcpUnsu
       );
       await until(async () => ((await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? 0) >= 1, "the download to start");
       await relay.setLoss(0);
+      let downloaded = false;
+      void download.finally(() => {
+        downloaded = true;
+      });
       await agent.waitFor(/moved to QUIC/, 15_000);
+      const connectionsDuring = (await roleMetrics(agent)).get("quic_tunnel_server_connections");
+      if (!downloaded) assert.equal(connectionsDuring, 2, "the TCP connection still carrying the download is counted beside QUIC's");
       const down = await download;
       assert.equal(down.code, 0, down.stderr);
       assert.equal(sha256(down.stdout), expectedSha256(32), "the transfer over TCP finished intact after the move");
       await until(async () => (await roleMetrics(agent)).get('quic_tunnel_server_transport{transport="quic"}') === 1, "the agent on QUIC");
+      await until(async () => (await roleMetrics(agent)).get("quic_tunnel_server_connections") === 1, "the TCP connection to close");
       // New tunnels go over QUIC now: the relay forwards their datagrams.
       const before = (await relay.stats()).forwarded;
       await bothWays(server.tcpPort);

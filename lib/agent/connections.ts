@@ -81,6 +81,8 @@ const EXTRA_IDLE_MS = 30_000;
 const HELLO_TIMEOUT_MS = 1_000;
 /** How often a connection left for another transport is checked for its last tunnel. */
 const RETIRE_CHECK_MS = 1_000;
+/** A retired connection whose GOAWAY cannot be sent this many times running is closed. */
+const RETIRE_GOAWAY_TRIES = 30;
 
 /**
  * Keeps a QUIC connection to the server up for as long as the process runs (and more while the
@@ -98,7 +100,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   let stopped = false;
   let primary: QuicConnection | undefined;
   let primaryRoute: Route | undefined;
-  const extras = new Set<QuicConnection>();
+  /** Connections dialed under load beside the first, by the route each took (the first's). */
+  const extras = new Map<QuicConnection, Route>();
+  /** Connections left for QUIC, closing once their last tunnel is done. */
+  const retiring = new Set<QuicConnection>();
   let dialing = 0;
   // A stop must not wait for a dial in flight (up to --handshake-timeout) or the backoff after it.
   // Each waiter leaves this set when it is done, so a long run of reconnects holds nothing.
@@ -114,7 +119,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       const timer = setTimeout(wake, ms);
       onStop.add(wake);
     });
-  const all = () => (primary ? [primary, ...extras] : [...extras]);
+  /** The connections that take new tunnels, the first first. */
+  const serving = () => (primary ? [primary, ...extras.keys()] : [...extras.keys()]);
+  /** Every open connection: those serving, then those retiring. */
+  const all = () => [...serving(), ...retiring];
 
   /** Dials the server over `route`; resolves `undefined` at once if the agent stops first (a late connection is closed). */
   const dialOver = async (route: Route): Promise<QuicConnection | undefined> => {
@@ -141,8 +149,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   };
 
   /**
-   * Dials over the preferred route and, with `--transport auto`, over the other when that fails;
-   * the route that worked is preferred from then on. Rejects with the last route's error.
+   * Dials the first connection over the preferred route and, with `--transport auto`, over the
+   * other when that fails; the route that worked is preferred from then on. Rejects with the last
+   * route's error.
    */
   const dial = async (): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
     const routes = transports.routes();
@@ -189,18 +198,21 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
 
   /** Dials as many connections as keep the open ones (and those being dialed) below {@link SCALE_AT} full. */
   function scale(perConnection: number): void {
-    const connections = all();
+    const connections = serving();
     const used = connections.reduce((sum, c) => sum + c.streamCount, 0);
     const needed = Math.min(maxConnections, Math.ceil((used + 1) / (SCALE_AT * perConnection)));
     for (let count = connections.length + dialing; count < needed && !stopped; count++) void dialExtra();
   }
 
+  /** Dials one more connection over the first's route: only the first chooses the transport. */
   async function dialExtra(): Promise<void> {
+    const route = primaryRoute;
+    if (!route) return;
     dialing++;
     try {
-      const connection = (await dial())?.connection;
+      const connection = await dialOver(route);
       if (!connection) return;
-      extras.add(connection);
+      extras.set(connection, route);
       let idleSince = Date.now();
       const idleCheck = setInterval(() => {
         if (connection.streamCount > 0) idleSince = Date.now();
@@ -212,7 +224,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
         extras.delete(connection);
       });
       await serve(connection);
-      log.info("opened connection {count} to server {server}: the others are half full", { server, count: all().length });
+      log.info("opened connection {count} to server {server}: the others are half full", { server, count: serving().length });
     } catch (err) {
       log.warn("cannot open another connection to server {server}: {error}", { server, error: err });
     } finally {
@@ -266,19 +278,47 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       transports.connected(transports.quic);
       moved(quic);
       retire(connection);
+      for (const [extra, route] of extras) if (route.name === "tcp") retire(extra);
       return;
     }
   }
 
-  /** Asks the server to route nothing new over `connection`, and closes it once its tunnels are done. */
+  /**
+   * Asks the server to route nothing new over `connection`, and closes it once its tunnels are
+   * done. Its tunnels may take as long as they need; a GOAWAY that cannot be sent is tried again
+   * each check, and a connection that cannot take one for {@link RETIRE_GOAWAY_TRIES} checks is
+   * closed, since the server would go on routing new tunnels over it.
+   */
   function retire(connection: QuicConnection): void {
-    void sendGoAway(connection).catch(() => {});
+    extras.delete(connection);
+    retiring.add(connection);
+    let goAway: "unsent" | "sending" | "sent" = "unsent";
+    let failures = 0;
+    const tell = () => {
+      goAway = "sending";
+      sendGoAway(connection).then(
+        () => {
+          goAway = "sent";
+        },
+        (err: Error) => {
+          goAway = "unsent";
+          if (++failures < RETIRE_GOAWAY_TRIES) return;
+          log.warn("cannot tell server {server} to stop routing over the old connection: {error}; closing it", { server, error: err });
+          connection.close(0, "agent moved to another transport");
+        },
+      );
+    };
+    tell();
     const check = setInterval(() => {
-      if (connection.closed || connection.streamCount > 0) return;
-      clearInterval(check);
-      connection.close(0, "agent moved to another transport");
+      if (connection.closed) return;
+      if (goAway === "unsent") tell();
+      else if (goAway === "sent" && connection.streamCount === 0) connection.close(0, "agent moved to another transport");
     }, RETIRE_CHECK_MS);
-    connection.once("close", () => clearInterval(check));
+    check.unref?.();
+    connection.once("close", () => {
+      clearInterval(check);
+      retiring.delete(connection);
+    });
   }
 
   async function loop(): Promise<void> {

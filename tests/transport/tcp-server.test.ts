@@ -44,11 +44,14 @@ describe("TCP transport server", { skip: tcpUnsupported }, () => {
     const server = await listen();
     const agent = await dial(server);
     const agentClosed = new Promise<QuicError | undefined>((resolve) => agent.once("close", resolve));
+    const { ca, cert, key } = clientTls(certs);
     const mute = tls.connect({
       host: "127.0.0.1",
       port: server.address().port,
       servername: "quic-tunnel-server",
-      ...clientTls(certs),
+      ca: Buffer.from(ca),
+      cert: Buffer.from(cert),
+      key: Buffer.from(key),
       ALPNProtocols: [TCP_ALPN],
     });
     mute.on("error", () => {});
