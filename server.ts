@@ -8,8 +8,10 @@
  *
  * @module
  */
+import { randomUUID } from "node:crypto";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { SERVER_ID } from "./lib/control.ts";
 import { formatHostPort, type HostPort } from "./lib/hostport.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { type CertificateWatch, loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
@@ -61,6 +63,18 @@ const flags = parseCommandLine(
       value: "path",
       required: true,
       help: "PEM CA bundle that verifies agents' client certificates.",
+    },
+    "server-id": {
+      kind: "string",
+      value: "id",
+      help: "This server's name among its replicas (letters, digits, . _ -), told to each agent, which holds one connection per server id. Default: random for each process.",
+    },
+    "server-count": {
+      positive: true,
+      kind: "int",
+      value: "n",
+      default: "1",
+      help: "How many server replicas share the agents' --server address (behind one load balancer or DNS name): each agent keeps dialing until it holds a connection to this many distinct server ids.",
     },
     "agent-subject": {
       kind: "list",
@@ -138,6 +152,8 @@ let engine: QuicEngine;
 let warnings: string[];
 try {
   if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
+  if (flags["server-id"] && !SERVER_ID.test(flags["server-id"]))
+    throw new Error(`--server-id ${JSON.stringify(flags["server-id"])}: use 1-64 letters, digits, '.', '_' or '-'`);
   if (flags["listen-agent-tcp"] && tcpUnsupported) throw new Error(`--listen-agent-tcp: ${tcpUnsupported}`);
   if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
     throw new Error("--tcp-client-ca-file needs --tcp-cert-file and --tcp-cert-key");
@@ -155,7 +171,8 @@ for (const warning of warnings) log.warn("{warning}", { warning });
 // they are; each learns the client listeners so that it can refuse loops back into them.
 const frontends: Frontend[] = [];
 const listeners = () => frontends.flatMap((frontend) => (frontend.address ? acceptingAddresses(frontend.address) : []));
-const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners });
+const identity = { id: flags["server-id"] || randomUUID(), count: flags["server-count"] };
+const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners, identity });
 
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
@@ -275,6 +292,8 @@ log.info(agentTcp ? "server started, tcp={tcp} quic={quic} agent_tcp={agent_tcp}
   quic: formatHostPort(quic.address()),
   agent_tcp: agentTcp ? formatHostPort(agentTcp.address()) : undefined,
   engine: engine.name,
+  server_id: identity.id,
+  server_count: identity.count,
   tls: Boolean(frontendFiles),
   uds: flags["listen-uds"] || undefined,
 });

@@ -5,7 +5,9 @@
  * - `AGENT connect` or `AGENT passthrough`, as the agent connects: the server learns what its
  *   clients must speak (HTTP CONNECT, or anything for agent-tcp) and answers on the same stream
  *   with `LISTENERS host:port ...`, its client listeners, so the agent can refuse a CONNECT back
- *   into the server itself (508 Loop Detected).
+ *   into the server itself (508 Loop Detected), then `SERVER <id> <count>`: which of how many
+ *   server replicas it is, so that the agent holds a connection to each (`--server-count`). Agents
+ *   from before that line read only the first.
  * - `GOAWAY`, before an agent shuts down: route no new tunnels to it.
  *
  * The reference's server never accepts streams from agents, so our agents work with it unchanged
@@ -63,6 +65,42 @@ function readLine(stream: Duplex, timeoutMs: number): Promise<LineRead> {
   });
 }
 
+/**
+ * Reads what the server answers on a control stream, up to its end (it ends the stream after its
+ * answer): the lines, none when it ended, failed or ran long, or when `timeoutMs` passed first.
+ */
+function readAnswer(stream: Duplex, timeoutMs: number): Promise<{ lines: string[]; abandoned: boolean }> {
+  return new Promise((resolve) => {
+    let text = "";
+    const finish = (abandoned: boolean) => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      const complete = text.endsWith("\n") ? text.slice(0, -1) : "";
+      resolve({ lines: complete ? complete.split("\n") : [], abandoned: abandoned && !complete });
+    };
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString("latin1");
+      if (text.length > MAX_LINE) {
+        text = "";
+        finish(false);
+      }
+    };
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    stream.on("error", () => finish(true));
+    stream.on("data", onData);
+    stream.once("end", () => finish(true));
+  });
+}
+
+/** Which server replica answered, of how many (`--server-id`, `--server-count`). */
+export interface ServerIdentity {
+  id: string;
+  count: number;
+}
+
+/** What a server id may be: a short token, so that it fits a log line and a metric label. */
+export const SERVER_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
 /** Parses the first line of an agent's control stream; undefined for anything else. */
 export function parseControlLine(line: string | undefined): ControlMessage | undefined {
   if (`${line}\n` === GOAWAY) return { type: "goaway" };
@@ -71,13 +109,18 @@ export function parseControlLine(line: string | undefined): ControlMessage | und
 }
 
 /**
- * Serves a stream an agent opened: reads its line, answers a hello with `listeners`, and ends the
- * stream. Resolves with what the agent said, or undefined.
+ * Serves a stream an agent opened: reads its line, answers a hello with the server's listeners
+ * and identity, and ends the stream. Resolves with what the agent said, or undefined.
  */
-export async function serveControlStream(stream: Duplex, listeners: () => readonly HostPort[]): Promise<ControlMessage | undefined> {
+export async function serveControlStream(
+  stream: Duplex,
+  answer: { listeners: () => readonly HostPort[]; identity: ServerIdentity },
+): Promise<ControlMessage | undefined> {
   const message = parseControlLine((await readLine(stream, 5_000)).line);
-  if (message?.type === "hello") stream.end(`LISTENERS ${listeners().map(formatHostPort).join(" ")}\n`);
-  else stream.destroy();
+  if (message?.type === "hello") {
+    const { id, count } = answer.identity;
+    stream.end(`LISTENERS ${answer.listeners().map(formatHostPort).join(" ")}\nSERVER ${id} ${count}\n`);
+  } else stream.destroy();
   return message;
 }
 
@@ -85,6 +128,8 @@ export async function serveControlStream(stream: Duplex, listeners: () => readon
 export interface Announcement {
   /** The server's client listeners; undefined when it does not answer (the reference's server never does). */
   listeners?: HostPort[];
+  /** Which replica the server is, when it says (ours since `--server-count`). */
+  server?: ServerIdentity;
   /**
    * The server ended, reset or refused the stream without a word: it is refusing this agent, or
    * going away (the agent then waits for the close before it calls itself connected).
@@ -103,16 +148,20 @@ export async function announceAgent(connection: QuicConnection, options: { kind:
   }
   stream.on("error", () => {});
   stream.write(`AGENT ${options.kind}\n`);
-  const { line, abandoned = false } = await readLine(stream, options.timeoutMs);
+  const { lines, abandoned } = await readAnswer(stream, options.timeoutMs);
   stream.destroy();
-  const listed = /^LISTENERS ?(.*)$/.exec(line ?? "");
+  const listed = /^LISTENERS ?(.*)$/.exec(lines[0] ?? "");
   if (!listed) return { abandoned };
   const listeners = listed[1]
     .split(" ")
     .filter(Boolean)
     .map(parseHostPort)
     .filter((address) => address !== undefined);
-  return { listeners, abandoned: false };
+  // A server from before --server-count sends no second line.
+  const identity = /^SERVER (\S+) (\d+)$/.exec(lines[1] ?? "");
+  const count = Number(identity?.[2]);
+  const server = identity && SERVER_ID.test(identity[1]) && count >= 1 ? { id: identity[1], count } : undefined;
+  return { listeners, server, abandoned: false };
 }
 
 /** Asks the server on `connection` to route no new tunnels here. */

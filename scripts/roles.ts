@@ -184,7 +184,8 @@ export async function startServer(
     ],
     { netns: options.netns, runtime: options.runtime, engine: options.engine },
   );
-  const match = await proc.waitFor(/server started, tcp=\S+:(\d+) quic=\S+:(\d+)(?: agent_tcp=\S+:(\d+))?/);
+  // A host is an address or [IPv6]; in JSON logs the fields that follow have no spaces between them.
+  const match = await proc.waitFor(/server started, tcp=(?:\[[^\]]*\]|[^\s":]+):(\d+) quic=(?:\[[^\]]*\]|[^\s":]+):(\d+)(?: agent_tcp=(?:\[[^\]]*\]|[^\s":]+):(\d+))?/);
   return Object.assign(proc, {
     tcpPort: Number(match[1]),
     quicPort: Number(match[2]),

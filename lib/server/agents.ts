@@ -6,7 +6,7 @@
  * @module
  */
 import type { X509Certificate } from "node:crypto";
-import { type AgentKind, serveControlStream } from "../control.ts";
+import { type AgentKind, type ServerIdentity, serveControlStream } from "../control.ts";
 import type { HostPort } from "../hostport.ts";
 import { type Logger, LogThrottle } from "../ops/log.ts";
 import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
@@ -34,6 +34,8 @@ export interface AgentsOptions {
   passthrough: boolean;
   /** The server's client listeners, told to our agents so they can refuse loops. */
   listeners: () => readonly HostPort[];
+  /** Which replica this server is, of how many: our agents hold a connection to each. */
+  identity: ServerIdentity;
 }
 
 /** True when `subjects` is empty, or the certificate's CN or a SAN is one of them. */
@@ -134,7 +136,7 @@ export class Agents {
     );
     const timer = setTimeout(join, HELLO_WAIT_MS);
     agent.on("stream", async (stream) => {
-      const message = await serveControlStream(stream, this.#options.listeners);
+      const message = await serveControlStream(stream, this.#options);
       if (message?.type === "hello") {
         this.#kinds.set(agent, message.kind);
         clearTimeout(timer);
