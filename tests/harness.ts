@@ -6,10 +6,11 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { type ChildProcessByStdio, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Readable, Writable } from "node:stream";
 import { hasNodeQuic, type QuicEngineName } from "../lib/transport/mod.ts";
 import { openDenoUdp } from "../lib/transport/quiche/datagram-deno.ts";
 import { type DevCertPaths, ensureDevCerts } from "../scripts/dev-certs.ts";
@@ -64,6 +65,57 @@ function relayRuntime(): Runtime {
   return runtime.kind === "deno" ? { kind: "bun", path: join(ROOT, "node_modules", "bun", "bin", "bun.exe") } : runtime;
 }
 
+/** Reads `child`'s stdout line by line: each call resolves with the next line. */
+function linesOf(child: ChildProcessByStdio<Writable, Readable, null>): () => Promise<string> {
+  const lines: string[] = [];
+  const waiters: Array<(line: string) => void> = [];
+  let pending = "";
+  child.stdout.setEncoding("utf8");
+  child.stdout.on("data", (text: string) => {
+    pending += text;
+    for (let end = pending.indexOf("\n"); end >= 0; end = pending.indexOf("\n")) {
+      const line = pending.slice(0, end);
+      pending = pending.slice(end + 1);
+      const waiter = waiters.shift();
+      if (waiter) waiter(line);
+      else lines.push(line);
+    }
+  });
+  return () => new Promise<string>((resolve) => (lines.length > 0 ? resolve(lines.shift() as string) : waiters.push(resolve)));
+}
+
+/** Ends a helper process and waits for it. */
+async function stopChild(child: ChildProcessByStdio<Writable, Readable, null>): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGKILL");
+  await exited;
+}
+
+/** A UDP load balancer process (tests/fixtures/udp-balancer.ts) in front of server replicas. */
+export interface UdpBalancer {
+  port: number;
+  /** New flows each target port got so far. */
+  flows(): Promise<Record<string, number>>;
+  stop(): Promise<void>;
+}
+
+/** Starts a UDP balancer on loopback that sends each new flow to one of `targetPorts` at random. */
+export async function startUdpBalancer(targetPorts: number[]): Promise<UdpBalancer> {
+  const [command, base] = runtimeCommand("tests/fixtures/udp-balancer.ts", relayRuntime());
+  const child = spawn(command, [...base, "--target-ports", targetPorts.join(",")], { stdio: ["pipe", "pipe", "inherit"], cwd: ROOT });
+  const nextLine = linesOf(child);
+  const port = Number(/listening (\d+)/.exec(await nextLine())?.[1]);
+  return {
+    port,
+    async flows() {
+      child.stdin.write("stats\n");
+      return JSON.parse(await nextLine());
+    },
+    stop: () => stopChild(child),
+  };
+}
+
 /** A lossy UDP relay process (tests/fixtures/lossy-relay.ts) in front of `targetPort`. */
 export interface LossyRelay {
   port: number;
@@ -94,21 +146,7 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
     ],
     { stdio: ["pipe", "pipe", "inherit"], cwd: ROOT },
   );
-  const lines: string[] = [];
-  const waiters: Array<(line: string) => void> = [];
-  let pending = "";
-  child.stdout.setEncoding("utf8");
-  child.stdout.on("data", (text: string) => {
-    pending += text;
-    for (let end = pending.indexOf("\n"); end >= 0; end = pending.indexOf("\n")) {
-      const line = pending.slice(0, end);
-      pending = pending.slice(end + 1);
-      const waiter = waiters.shift();
-      if (waiter) waiter(line);
-      else lines.push(line);
-    }
-  });
-  const nextLine = () => new Promise<string>((resolve) => (lines.length > 0 ? resolve(lines.shift() as string) : waiters.push(resolve)));
+  const nextLine = linesOf(child);
   const port = Number(/listening (\d+)/.exec(await nextLine())?.[1]);
   return {
     port,
@@ -126,12 +164,7 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
       const line = await nextLine();
       if (line !== `loss ${loss}`) throw new Error(`the relay answered loss ${loss} with ${JSON.stringify(line)}`);
     },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((resolve) => child.once("exit", resolve));
-      child.kill("SIGKILL");
-      await exited;
-    },
+    stop: () => stopChild(child),
   };
 }
 

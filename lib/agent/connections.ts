@@ -11,6 +11,13 @@
  * engine, whose client cannot take more). When the open connections are half full, more are
  * dialed; an extra connection that has carried nothing for a while is closed again.
  *
+ * Several server replicas may share the `--server` address (a load balancer, a DNS name). Our
+ * server answers the hello with its id and how many replicas there are (`--server-count`): the
+ * agent then keeps one seat per replica, each a connection of its own (its own UDP port, so that
+ * a balancer hashing flows spreads them), and a seat whose connection lands on a server another
+ * seat holds closes it and dials again after its backoff. The reference's server says nothing: one
+ * seat, as the reference's agent does.
+ *
  * @module
  */
 
@@ -38,6 +45,16 @@ import { explainServerCertificate } from "./diagnose.ts";
 import type { ServerInfo } from "./loop-guard.ts";
 import { type Route, TransportChoice, type TransportMode } from "./transport-choice.ts";
 
+/** One connection the agent keeps up with reconnects, and the server (by id) it reached. */
+interface Seat {
+  readonly index: number;
+  /** While its loop runs. */
+  running: boolean;
+  connection?: QuicConnection;
+  route?: Route;
+  serverId?: string;
+}
+
 /** Options for {@link runAgent}. */
 export interface AgentOptions {
   /** What clients of this agent speak, told to the server as each connection starts. */
@@ -58,6 +75,8 @@ export interface AgentOptions {
 export interface AgentHandle {
   /** The connections to the server, the first (kept up with reconnects) first. */
   readonly connections: readonly QuicConnection[];
+  /** Distinct servers (by id) connected now, and how many the servers say there are. */
+  readonly servers: { connected: number; wanted: number };
   /** The transport of the first connection (`quic` or `tcp`), while there is one. */
   readonly transport: Route["name"] | undefined;
   /** Asks the server to route no new tunnels here (before a graceful stop). */
@@ -79,6 +98,8 @@ const STABLE_AFTER_MS = 10_000;
 const EXTRA_IDLE_MS = 30_000;
 /** How long the server may take to answer the hello (the reference's server never answers). */
 const HELLO_TIMEOUT_MS = 1_000;
+/** Server replicas an agent holds connections to at most, whatever `--server-count` says. */
+const MAX_SERVERS = 16;
 /** How often a connection left for another transport is checked for its last tunnel. */
 const RETIRE_CHECK_MS = 1_000;
 /** A retired connection whose GOAWAY cannot be sent this many times running is closed. */
@@ -95,11 +116,16 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   /** What logs say of a route beside its address. */
   const over = (route: Route) => ({ transport: route.name, proxy: route.proxy?.host });
   let server = named(transports.routes()[0]);
-  const backoff = new Backoff(options.backoff);
   const maxConnections = options.maxConnections ?? 1;
   let stopped = false;
-  let primary: QuicConnection | undefined;
-  let primaryRoute: Route | undefined;
+  /**
+   * The connections kept up with reconnects: one per server replica. The first seat's route is
+   * the agent's transport; extras dial it.
+   */
+  const seats: Seat[] = [];
+  /** Servers to hold: the largest count a server announced (1 for servers that say none). */
+  let wanted = 1;
+  const seated = () => seats.flatMap((seat) => (seat.connection ? [seat.connection] : []));
   /** Connections dialed under load beside the first, by the route each took (the first's). */
   const extras = new Map<QuicConnection, Route>();
   /** Connections left for QUIC, closing once their last tunnel is done. */
@@ -120,7 +146,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       onStop.add(wake);
     });
   /** The connections that take new tunnels, the first first. */
-  const serving = () => (primary ? [primary, ...extras.keys()] : [...extras.keys()]);
+  const serving = () => [...seated(), ...extras.keys()];
   /** Every open connection: those serving, then those retiring. */
   const all = () => [...serving(), ...retiring];
 
@@ -206,7 +232,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
 
   /** Dials one more connection over the first's route: only the first chooses the transport. */
   async function dialExtra(): Promise<void> {
-    const route = primaryRoute;
+    const route = seats[0]?.route;
     if (!route) return;
     dialing++;
     try {
@@ -258,14 +284,14 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   }
 
   /**
-   * While `connection` (over TCP, `--transport auto`) is the first, tries QUIC every so often; once
-   * QUIC connects, it becomes the first and `moved` is called with it, and the TCP connection takes
+   * While `connection` (over TCP, `--transport auto`) holds `seat`, tries QUIC every so often; once
+   * QUIC connects, it takes the seat and `moved` is called with it, and the TCP connection takes
    * no new tunnels and closes after its last one.
    */
-  async function probeQuic(connection: QuicConnection, moved: (quic: QuicConnection) => void): Promise<void> {
-    while (!stopped && primary === connection && !connection.closed) {
+  async function probeQuic(seat: Seat, connection: QuicConnection, moved: (quic: QuicConnection) => void): Promise<void> {
+    while (!stopped && seat.connection === connection && !connection.closed) {
       await sleep(transports.probeDelay());
-      if (stopped || primary !== connection || connection.closed) return;
+      if (stopped || seat.connection !== connection || connection.closed) return;
       let quic: QuicConnection | undefined;
       try {
         quic = await dialOver(transports.quic);
@@ -274,11 +300,11 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
         continue;
       }
       if (!quic) return;
-      if (primary !== connection || connection.closed) return quic.close(0, "not needed");
+      if (seat.connection !== connection || connection.closed) return quic.close(0, "not needed");
       transports.connected(transports.quic);
       moved(quic);
-      retire(connection);
-      for (const [extra, route] of extras) if (route.name === "tcp") retire(extra);
+      retire(connection, "agent moved to another transport");
+      for (const [extra, route] of extras) if (route.name === "tcp") retire(extra, "agent moved to another transport");
       return;
     }
   }
@@ -289,7 +315,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * each check, and a connection that cannot take one for {@link RETIRE_GOAWAY_TRIES} checks is
    * closed, since the server would go on routing new tunnels over it.
    */
-  function retire(connection: QuicConnection): void {
+  function retire(connection: QuicConnection, reason: string): void {
     extras.delete(connection);
     retiring.add(connection);
     let goAway: "unsent" | "sending" | "sent" = "unsent";
@@ -304,7 +330,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
           goAway = "unsent";
           if (++failures < RETIRE_GOAWAY_TRIES) return;
           log.warn("cannot tell server {server} to stop routing over the old connection: {error}; closing it", { server, error: err });
-          connection.close(0, "agent moved to another transport");
+          connection.close(0, reason);
         },
       );
     };
@@ -312,7 +338,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     const check = setInterval(() => {
       if (connection.closed) return;
       if (goAway === "unsent") tell();
-      else if (goAway === "sent" && connection.streamCount === 0) connection.close(0, "agent moved to another transport");
+      else if (goAway === "sent" && connection.streamCount === 0) connection.close(0, reason);
     }, RETIRE_CHECK_MS);
     check.unref?.();
     connection.once("close", () => {
@@ -321,8 +347,30 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     });
   }
 
-  async function loop(): Promise<void> {
-    while (!stopped) {
+  /** Another seat's connection to server `id`, if one holds it. */
+  const holder = (seat: Seat, id: string) => seats.find((other) => other !== seat && other.serverId === id && other.connection);
+
+  /**
+   * Holds as many seats as the servers `count` announced (at most {@link MAX_SERVERS}); a seat
+   * beyond a smaller count leaves once its connection ends.
+   */
+  function want(count: number): void {
+    if (count > MAX_SERVERS && wanted < MAX_SERVERS)
+      log.warn("servers announce {count} replicas; holding {max}", { count, max: MAX_SERVERS });
+    wanted = Math.min(count, MAX_SERVERS);
+    for (let index = 0; index < wanted && !stopped; index++) {
+      if (!seats[index]) seats.push({ index, running: false });
+      if (!seats[index].running) seatLoops.push(keepSeat(seats[index]));
+    }
+  }
+
+  const seatLoops: Promise<void>[] = [];
+
+  /** Keeps `seat` connected, to a server no other seat holds, until the agent stops. */
+  async function keepSeat(seat: Seat): Promise<void> {
+    seat.running = true;
+    const backoff = new Backoff(options.backoff);
+    while (!stopped && seat.index < wanted) {
       log.debug("dialing server {server}", { server });
       let dialed: Awaited<ReturnType<typeof dial>>;
       try {
@@ -335,8 +383,8 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       }
       if (!dialed) break;
       let { connection, route } = dialed;
-      server = named(route);
-      [primary, primaryRoute] = [connection, route];
+      if (seat.index === 0) server = named(route);
+      [seat.connection, seat.route] = [connection, route];
       const since = Date.now();
       // Listened for at once: the close may come before the hello is answered.
       const closedOnce = (c: QuicConnection) => new Promise<QuicError | undefined>((resolve) => c.once("close", resolve));
@@ -344,41 +392,70 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       // A server that refuses this agent (--agent-subject) drops the hello and closes the connection;
       // on node-quic the close arrives a few milliseconds after the stream's end. Connected is said
       // only of a connection that outlives that.
-      if ((await serve(connection)).abandoned) await Promise.race([closed, sleep(HELLO_TIMEOUT_MS)]);
-      if (!connection.closed) log.info("connected to server {server}", { server, subject: connection.peerSubject, ...over(route) });
+      const announcement = await serve(connection);
+      if (announcement.abandoned) await Promise.race([closed, sleep(HELLO_TIMEOUT_MS)]);
+      const id = announcement.server?.id;
+      if (id && holder(seat, id)) {
+        // The balancer sent this flow to a server another seat holds: dial again, from a new port.
+        // The server may have routed a tunnel here already: it finishes before the close.
+        seat.connection = undefined;
+        retire(connection, `agent already connected to server ${id}`);
+        const delay = backoff.next();
+        log.debug("connection to server {server} reached server id {id}, which another connection holds; dialing again in {delay} ms", {
+          server,
+          id,
+          delay,
+        });
+        await sleep(delay);
+        continue;
+      }
+      seat.serverId = id;
+      if (announcement.server) want(announcement.server.count);
+      if (!connection.closed) {
+        log.info("connected to server {server}", { server, server_id: id, subject: connection.peerSubject, ...over(route) });
+      }
       let error: QuicError | undefined;
       for (;;) {
         let onMove: (quic: QuicConnection) => void = () => {};
         const movedTo = new Promise<QuicConnection>((resolve) => {
           onMove = resolve;
         });
-        if (transports.probes(route)) void probeQuic(connection, onMove);
+        if (transports.probes(route)) void probeQuic(seat, connection, onMove);
         const outcome = await Promise.race([closed.then((closeError) => ({ closeError })), movedTo.then((quic) => ({ quic }))]);
         if (!("quic" in outcome)) {
           error = outcome.closeError;
           break;
         }
         [connection, route] = [outcome.quic, transports.quic];
-        [primary, primaryRoute] = [connection, route];
+        [seat.connection, seat.route] = [connection, route];
         closed = closedOnce(connection);
-        server = named(route);
-        await serve(connection);
+        if (seat.index === 0) server = named(route);
+        seat.serverId = (await serve(connection)).server?.id;
         log.info("moved to QUIC: connected to server {server}; the TCP connection closes after its last tunnel", {
           server,
+          server_id: seat.serverId,
           transport: route.name,
         });
       }
-      [primary, primaryRoute] = [undefined, undefined];
+      [seat.connection, seat.serverId, seat.route] = [undefined, undefined, undefined];
       if (stopped) break;
       if (Date.now() - since >= STABLE_AFTER_MS) backoff.reset();
       const delay = backoff.next();
       log.warn("connection to server {server} lost: {reason}; reconnecting in {delay} ms", {
         server,
+        server_id: id,
         reason: error?.message ?? "closed",
         delay,
       });
       await sleep(delay);
     }
+    seat.running = false;
+  }
+
+  /** Runs the seats until the agent stops; seats taken meanwhile are awaited too. */
+  async function run(): Promise<void> {
+    want(1);
+    for (let done = 0; done < seatLoops.length; done++) await seatLoops[done];
     log.info("agent stopped");
   }
 
@@ -387,7 +464,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       return all();
     },
     get transport() {
-      return primaryRoute?.name;
+      return seats[0]?.route?.name;
+    },
+    get servers() {
+      return { connected: new Set(seats.flatMap((seat) => (seat.connection && seat.serverId ? [seat.serverId] : []))).size, wanted };
     },
     async goAway() {
       await Promise.all(
@@ -402,7 +482,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       for (const wake of onStop) wake();
       onStop.clear();
     },
-    done: loop(),
+    done: run(),
   };
 }
 
@@ -446,6 +526,12 @@ export function registerConnectionMetrics(registry: Registry, agent: AgentHandle
   new Gauge(registry, "quic_tunnel_server_transport", "1 for the transport the agent's first connection uses (quic or tcp).", () =>
     agent.transport ? [[{ transport: agent.transport }, 1]] : [],
   );
+  new Gauge(registry, "quic_tunnel_servers_connected", "Distinct server replicas (by server id) the agent is connected to.", () => [
+    [{}, agent.servers.connected],
+  ]);
+  new Gauge(registry, "quic_tunnel_servers_wanted", "Server replicas the servers announce (--server-count; 1 if they say none).", () => [
+    [{}, agent.servers.wanted],
+  ]);
   registerQuicMetrics(registry, () => agent.connections);
 }
 

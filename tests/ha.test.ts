@@ -1,0 +1,95 @@
+/**
+ * Several server replicas behind one UDP balancer, as a Deployment with `replicas: 3` behind a
+ * Service: one agent must hold a connection to each (`--server-count`), so that a client of any
+ * replica reaches it, and a replica that dies costs only its own tunnels.
+ */
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
+import {
+  expectedSha256,
+  freePort,
+  rawExchange,
+  roleMetrics,
+  run,
+  type ServerProcess,
+  SLOW_TRANSPORT,
+  sha256,
+  startAgent,
+  startServer,
+  startUdpBalancer,
+  type UdpBalancer,
+} from "./harness.ts";
+import { until } from "./wait.ts";
+
+const track = trackProcesses();
+const target = httpTargetFixture();
+const balancers: UdpBalancer[] = [];
+after(() => Promise.all(balancers.map((balancer) => balancer.stop())));
+
+const hello = (server: ServerProcess) =>
+  rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`, { timeoutMs: 5_000 });
+const agentsOf = async (server: ServerProcess) => (await roleMetrics(server)).get("quic_tunnel_agents_connected");
+
+describe("three server replicas behind one balancer", { skip: SLOW_TRANSPORT }, () => {
+  test("one agent connects to every replica, and a replica that dies costs only its own tunnels", async () => {
+    const quicPorts = [await freePort("udp"), await freePort("udp"), await freePort("udp")];
+    const replica = (index: number) =>
+      startServer({
+        quicPort: quicPorts[index],
+        args: ["--server-id", `replica-${index}`, "--server-count", "3", "--admin-addr", "127.0.0.1:0"],
+      }).then(track);
+    const servers = [await replica(0), await replica(1), await replica(2)];
+    const balancer = await startUdpBalancer(quicPorts);
+    balancers.push(balancer);
+    const agent = track(await startAgent(balancer.port, { args: ["--admin-addr", "127.0.0.1:0", "--reconnect-max", "2s"] }));
+    await until(async () => (await Promise.all(servers.map(agentsOf))).every((count) => count === 1), "an agent at every replica", {
+      timeoutMs: 20_000,
+      intervalMs: 200,
+    });
+    const metrics = await roleMetrics(agent);
+    assert.equal(metrics.get("quic_tunnel_servers_connected"), 3);
+    assert.equal(metrics.get("quic_tunnel_servers_wanted"), 3);
+    for (const server of servers) assert.match(await hello(server), /hello through the tunnel/, "a client of every replica is served");
+
+    // A download through replica 0 while replica 1 dies: it finishes intact, replica 2 still serves.
+    const download = run(
+      "curl",
+      [
+        "-sS",
+        "--max-time",
+        "60",
+        "--limit-rate",
+        "8M",
+        "-p",
+        "--proxy",
+        `127.0.0.1:${servers[0].tcpPort}`,
+        `http://127.0.0.1:${target.port}/mib/16`,
+      ],
+      { timeoutMs: 70_000 },
+    );
+    await until(async () => ((await roleMetrics(servers[0])).get("quic_tunnel_tunnels_active") ?? 0) >= 1, "the download to start");
+    await servers[1].stop("SIGKILL");
+    await until(async () => (await roleMetrics(agent)).get("quic_tunnel_servers_connected") === 2, "the agent to notice", {
+      timeoutMs: 15_000,
+      intervalMs: 200,
+    });
+    assert.match(await hello(servers[2]), /hello through the tunnel/, "the surviving replicas still serve");
+    const down = await download;
+    assert.equal(down.code, 0, down.stderr);
+    assert.equal(sha256(down.stdout), expectedSha256(16), "a transfer through a surviving replica is intact");
+
+    // The replica comes back (same id, same port): the agent finds it again through the balancer.
+    servers[1] = await replica(1);
+    await until(async () => (await agentsOf(servers[1])) === 1, "the agent back at the restarted replica", {
+      timeoutMs: 20_000,
+      intervalMs: 200,
+    });
+    assert.equal((await roleMetrics(agent)).get("quic_tunnel_servers_connected"), 3);
+    assert.match(await hello(servers[1]), /hello through the tunnel/);
+    assert.ok(
+      Object.values(await balancer.flows()).every((flows) => flows >= 1),
+      "each replica got flows of its own",
+    );
+  });
+});
