@@ -196,6 +196,8 @@ describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
     assert.ok([...serverMetrics.keys()].some((key) => key.startsWith("quic_tunnel_quic_cwnd_bytes{peer=")));
 
     assert.equal(agentMetrics.get("quic_tunnel_server_connected"), 1);
+    assert.equal(agentMetrics.get("quic_tunnel_servers_connected"), 1, "one server, one replica");
+    assert.equal(agentMetrics.get("quic_tunnel_servers_wanted"), 1);
     assert.equal(agentMetrics.get('quic_tunnel_connect_responses_total{code="200"}'), 1);
     assert.equal(agentMetrics.get('quic_tunnel_connect_responses_total{code="502"}'), 1);
     assert.equal(agentMetrics.get("quic_tunnel_dial_duration_seconds_count"), 1);

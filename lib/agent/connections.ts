@@ -467,7 +467,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       return seats[0]?.route?.name;
     },
     get servers() {
-      return { connected: new Set(seats.flatMap((seat) => (seat.connection && seat.serverId ? [seat.serverId] : []))).size, wanted };
+      // A server that names no id (the reference's) counts once for each connection to it.
+      const connected = seats.filter((seat) => seat.connection).map((seat) => seat.serverId ?? `seat ${seat.index}`);
+      return { connected: new Set(connected).size, wanted };
     },
     async goAway() {
       await Promise.all(
