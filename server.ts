@@ -11,8 +11,8 @@
 import { randomUUID } from "node:crypto";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { SERVER_ID } from "./lib/control.ts";
 import { formatHostPort, type HostPort } from "./lib/hostport.ts";
+import { ID_PATTERN } from "./lib/identifiers.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
 import { type CertificateWatch, loadPemSet, loadTls, tlsMaterial, watchCertificates } from "./lib/ops/certificates.ts";
 import {
@@ -31,9 +31,10 @@ import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
 import { Agents } from "./lib/server/agents.ts";
 import { acceptingAddresses, type Frontend, type HandshakeOptions, listenTcp, listenUnix } from "./lib/server/frontends.ts";
+import { parseStrategies, type Strategy } from "./lib/server/strategies.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, type QuicServer, settled } from "./lib/transport/mod.ts";
 import { tcpEngine, tcpUnsupported } from "./lib/transport/tcp/mod.ts";
-import { firstBytes, HttpError, readRequestHead } from "./lib/tunnel/connect.ts";
+import { firstBytes, HttpError, parseConnectTarget, readRequestHead } from "./lib/tunnel/connect.ts";
 import { abort } from "./lib/tunnel/pipe.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
 
@@ -104,6 +105,12 @@ const flags = parseCommandLine(
       default: "false",
       help: "Clients speak to passthrough agents (the reference's client-tcp): forward their bytes at once, read no head. Our agent-tcp says so by itself.",
     },
+    "proxy-strategies": {
+      kind: "string",
+      value: "list",
+      default: "default",
+      help: "How the agent for a CONNECT is picked, comma-separated, tried in order until one finds a connected agent: destHost (an agent whose --agent-identifiers name the target's host, IP or a CIDR holding it), defaultRoute (one that announced default-route=true), default (any). Round-robin among those; 503 with the reason when none finds one.",
+    },
     "agent-wait": {
       kind: "duration",
       value: "dur",
@@ -150,9 +157,11 @@ let tls: ReturnType<typeof loadTls>;
 let transport: ReturnType<typeof transportOptions>;
 let engine: QuicEngine;
 let warnings: string[];
+let strategies: Strategy[];
 try {
+  strategies = parseStrategies(flags["proxy-strategies"]);
   if (Boolean(flags["tcp-cert-file"]) !== Boolean(flags["tcp-cert-key"])) throw new Error("--tcp-cert-file and --tcp-cert-key go together");
-  if (flags["server-id"] && !SERVER_ID.test(flags["server-id"]))
+  if (flags["server-id"] && !ID_PATTERN.test(flags["server-id"]))
     throw new Error(`--server-id ${JSON.stringify(flags["server-id"])}: use 1-64 letters, digits, '.', '_' or '-'`);
   if (flags["listen-agent-tcp"] && tcpUnsupported) throw new Error(`--listen-agent-tcp: ${tcpUnsupported}`);
   if (flags["tcp-client-ca-file"] && !flags["tcp-cert-file"])
@@ -172,38 +181,56 @@ for (const warning of warnings) log.warn("{warning}", { warning });
 const frontends: Frontend[] = [];
 const listeners = () => frontends.flatMap((frontend) => (frontend.address ? acceptingAddresses(frontend.address) : []));
 const identity = { id: flags["server-id"] || randomUUID(), count: flags["server-count"] };
-const agents = new Agents({ log, registry, subjects: flags["agent-subject"], passthrough: flags.passthrough, listeners, identity });
+const agents = new Agents({
+  log,
+  registry,
+  subjects: flags["agent-subject"],
+  passthrough: flags.passthrough,
+  listeners,
+  identity,
+  strategies,
+});
 
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
 const tunnels = new Tunnels(registry, { role: "server", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
+/** The host of a CONNECT target, for --proxy-strategies; undefined when malformed (the agent answers 400). */
+function connectHost(target: string): string | undefined {
+  try {
+    return parseConnectTarget(target).host;
+  } catch {
+    return undefined;
+  }
+}
+
 async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress" | "remotePort">>): Promise<void> {
   const client = socket.remoteAddress ? formatHostPort({ host: socket.remoteAddress, port: socket.remotePort ?? 0 }) : "unix";
   const passthrough = agents.passthrough;
   const tunnel = tunnels.open(socket, { http: !passthrough, id: client });
   if (!tunnel) return;
   let first = Buffer.alloc(0);
+  let host: string | undefined;
   if (!passthrough) {
     try {
-      const { raw, rest } = await readRequestHead(socket, { maxBytes: flags["max-header-bytes"], timeoutMs: flags["header-timeout"] });
+      const { head, raw, rest } = await readRequestHead(socket, {
+        maxBytes: flags["max-header-bytes"],
+        timeoutMs: flags["header-timeout"],
+      });
       first = Buffer.concat([raw, rest]);
+      host = connectHost(head.target);
     } catch (err) {
       if (err instanceof HttpError) tunnel.refuse(err.status === 408 ? "timeout" : "bad_request", err.status, err.message);
       else tunnel.refuse("aborted", 400, (err as Error).message);
       return;
     }
   }
-  const opened = await agents.openStream({ waitMs: flags["agent-wait"] });
+  const opened = await agents.openStream({ waitMs: flags["agent-wait"], host });
   if (opened.stream === undefined) {
-    const reason =
-      agents.size === 0
-        ? "no agent is connected to the tunnel server"
-        : `no agent can take a stream: ${opened.errors.map((err) => err.message).join("; ")}`;
-    tunnel.refuse("no_agent", 503, reason);
+    tunnel.refuse("no_agent", 503, opened.reason);
     return;
   }
-  const { stream, agent } = opened;
-  tunnel.note({ agent: agent.peer, stream: stream.id });
+  const { stream, agent, strategy } = opened;
+  tunnel.note({ agent: agent.peer, stream: stream.id, strategy });
   if (first.length > 0) stream.write(first);
   if (!passthrough && !(await firstBytes(stream, flags["agent-answer-timeout"]))) {
     abort(stream);

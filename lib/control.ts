@@ -8,6 +8,8 @@
  *   into the server itself (508 Loop Detected), then `SERVER <id> <count>`: which of how many
  *   server replicas it is, so that the agent holds a connection to each (`--server-count`). Agents
  *   from before that line read only the first.
+ * - `IDENTIFY <agent-id> <identifiers>`, as the agent connects, when it was given `--agent-id` or
+ *   `--agent-identifiers`: what it can reach (lib/identifiers.ts), for `--proxy-strategies`.
  * - `GOAWAY`, before an agent shuts down: route no new tunnels to it.
  *
  * The reference's server never accepts streams from agents, so our agents work with it unchanged
@@ -18,6 +20,7 @@
  */
 import type { Duplex } from "node:stream";
 import { formatHostPort, type HostPort, parseHostPort } from "./hostport.ts";
+import { type AgentIdentifiers, formatIdentifiers, ID_PATTERN, parseIdentifiers } from "./identifiers.ts";
 import { GOAWAY } from "./protocol.ts";
 import type { QuicConnection } from "./transport/mod.ts";
 
@@ -25,7 +28,16 @@ import type { QuicConnection } from "./transport/mod.ts";
 export type AgentKind = "connect" | "passthrough";
 
 /** A control line read from an agent's stream. */
-export type ControlMessage = { type: "hello"; kind: AgentKind } | { type: "goaway" };
+export type ControlMessage =
+  | { type: "hello"; kind: AgentKind }
+  | { type: "identify"; id: string; identifiers: AgentIdentifiers }
+  | { type: "goaway" };
+
+/** Who an agent is and what it can reach (`--agent-id`, `--agent-identifiers`). */
+export interface AgentIdentity {
+  id: string;
+  identifiers: AgentIdentifiers;
+}
 
 /**
  * Longest control line read. A server on a wildcard listener names every address of its host
@@ -98,12 +110,17 @@ export interface ServerIdentity {
   count: number;
 }
 
-/** What a server id may be: a short token, so that it fits a log line and a metric label. */
-export const SERVER_ID = /^[A-Za-z0-9._-]{1,64}$/;
-
 /** Parses the first line of an agent's control stream; undefined for anything else. */
 export function parseControlLine(line: string | undefined): ControlMessage | undefined {
   if (`${line}\n` === GOAWAY) return { type: "goaway" };
+  const identify = /^IDENTIFY (\S+) ?(\S*)$/.exec(line ?? "");
+  if (identify && ID_PATTERN.test(identify[1])) {
+    try {
+      return { type: "identify", id: identify[1], identifiers: parseIdentifiers(identify[2]) };
+    } catch {
+      return undefined;
+    }
+  }
   const hello = /^AGENT (connect|passthrough)$/.exec(line ?? "");
   return hello ? { type: "hello", kind: hello[1] as AgentKind } : undefined;
 }
@@ -160,8 +177,17 @@ export async function announceAgent(connection: QuicConnection, options: { kind:
   // A server from before --server-count sends no second line.
   const identity = /^SERVER (\S+) (\d+)$/.exec(lines[1] ?? "");
   const count = Number(identity?.[2]);
-  const server = identity && SERVER_ID.test(identity[1]) && count >= 1 ? { id: identity[1], count } : undefined;
+  const server = identity && ID_PATTERN.test(identity[1]) && count >= 1 ? { id: identity[1], count } : undefined;
   return { listeners, server, abandoned: false };
+}
+
+/** Tells the server on `connection` who this agent is; a server that takes no such stream (the reference's) is left alone. */
+export async function identifyAgent(connection: QuicConnection, identity: AgentIdentity): Promise<void> {
+  try {
+    (await connection.openStream()).on("error", () => {}).end(`IDENTIFY ${identity.id} ${formatIdentifiers(identity.identifiers)}\n`);
+  } catch {
+    // a server closing, or the reference's, which takes no streams from agents
+  }
 }
 
 /** Asks the server on `connection` to route no new tunnels here. */

@@ -185,7 +185,9 @@ export async function startServer(
     { netns: options.netns, runtime: options.runtime, engine: options.engine },
   );
   // A host is an address or [IPv6]; in JSON logs the fields that follow have no spaces between them.
-  const match = await proc.waitFor(/server started, tcp=(?:\[[^\]]*\]|[^\s":]+):(\d+) quic=(?:\[[^\]]*\]|[^\s":]+):(\d+)(?: agent_tcp=(?:\[[^\]]*\]|[^\s":]+):(\d+))?/);
+  const match = await proc.waitFor(
+    /server started, tcp=(?:\[[^\]]*\]|[^\s":]+):(\d+) quic=(?:\[[^\]]*\]|[^\s":]+):(\d+)(?: agent_tcp=(?:\[[^\]]*\]|[^\s":]+):(\d+))?/,
+  );
   return Object.assign(proc, {
     tcpPort: Number(match[1]),
     quicPort: Number(match[2]),

@@ -21,8 +21,10 @@
  * @module
  */
 
-import { type AgentKind, type Announcement, announceAgent, sendGoAway } from "../control.ts";
+import { hostname } from "node:os";
+import { type AgentIdentity, type AgentKind, type Announcement, announceAgent, identifyAgent, sendGoAway } from "../control.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "../hostport.ts";
+import { NO_IDENTIFIERS, parseIdentifiers } from "../identifiers.ts";
 import { type AGENT_FLAGS, transportOptions } from "../ops/cli.ts";
 import type { FlagValues } from "../ops/flags.ts";
 import type { Logger } from "../ops/log.ts";
@@ -59,6 +61,8 @@ interface Seat {
 export interface AgentOptions {
   /** What clients of this agent speak, told to the server as each connection starts. */
   kind: AgentKind;
+  /** Who this agent is and what it reaches, told to the server as each connection starts (when given). */
+  identity?: AgentIdentity;
   /** The ways to the server, and which to take. */
   transports: TransportChoice;
   serverName: string;
@@ -207,6 +211,8 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * open ones fill up.
    */
   async function serve(connection: QuicConnection): Promise<Announcement> {
+    // First, so that the server knows what this agent reaches by the time the hello lets it in.
+    if (options.identity) void identifyAgent(connection, options.identity);
     const announcing = announceAgent(connection, { kind: options.kind, timeoutMs: HELLO_TIMEOUT_MS });
     const server: ServerInfo = {
       listeners: undefined,
@@ -495,6 +501,7 @@ export function connectionOptions(
 ): AgentOptions {
   const { engine, ...rest } = wiring;
   const mode = flags.transport as TransportMode;
+  const named = flags["agent-id"] || flags["agent-identifiers"];
   const tcpServer = (flags["server-tcp"] as HostPort | undefined) ?? flags.server;
   return {
     ...rest,
@@ -509,12 +516,27 @@ export function connectionOptions(
       },
       probeMs: flags["transport-probe"],
     }),
+    identity: named
+      ? {
+          id: flags["agent-id"] || hostId(),
+          identifiers: flags["agent-identifiers"] ? parseIdentifiers(flags["agent-identifiers"]) : NO_IDENTIFIERS,
+        }
+      : undefined,
     serverName: flags["server-name"],
     transport: { ...transportOptions(flags), keepAliveMs: flags["keep-alive"] },
     backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },
     // Enough connections for --max-tunnels where a connection takes only 100 (node-quic).
     maxConnections: Math.min(100, Math.max(1, Math.ceil((flags["max-tunnels"] || 10_000) / 100))),
   };
+}
+
+/** This host's name as an agent id: what ID_PATTERN allows of it. */
+function hostId(): string {
+  return (
+    hostname()
+      .replace(/[^A-Za-z0-9._-]/g, "-")
+      .slice(0, 64) || "agent"
+  );
 }
 
 /** Registers the agent's connection series: connected, how many connections, their QUIC paths. */

@@ -5,6 +5,7 @@
  * @module
  */
 import pkg from "../../package.json" with { type: "json" };
+import { ID_PATTERN, parseIdentifiers } from "../identifiers.ts";
 import { ALPN, DEFAULT_TRANSPORT, SERVER_NAME, type TransportOptions } from "../protocol.ts";
 import { ENGINE_CHOICES, type QuicEngine, udpBufferShortfall } from "../transport/mod.ts";
 import { tcpUnsupported } from "../transport/tcp/mod.ts";
@@ -178,6 +179,16 @@ export const AGENT_FLAGS = {
     default: "60s",
     help: "With --transport auto, how often an agent on TCP tries QUIC again (jittered by a fifth).",
   },
+  "agent-id": {
+    kind: "string",
+    value: "id",
+    help: "This agent's name in the server's log (letters, digits, . _ -; default: the host name), told to our server with --agent-identifiers.",
+  },
+  "agent-identifiers": {
+    kind: "string",
+    value: "list",
+    help: "What this agent reaches, for the server's --proxy-strategies, in Konnectivity's syntax: host=NAME&ipv4=IP&ipv6=IP&cidr=NET/BITS&default-route=true (each key repeatable). Told to our server as the agent connects.",
+  },
   ...TRANSPORT_FLAGS,
   ...COMMON_FLAGS,
 } satisfies Record<string, FlagSpec>;
@@ -188,6 +199,14 @@ export function checkAgentFlags(values: FlagValues<typeof AGENT_FLAGS>): void {
   if (values.transport !== "quic" && tcpUnsupported) throw new FlagError(`--transport ${values.transport}: ${tcpUnsupported}`);
   if (values.transport === "quic" && (values.proxy || values["server-tcp"])) {
     throw new FlagError(`--${values.proxy ? "proxy" : "server-tcp"} is for the TCP transport: give --transport tcp or --transport auto`);
+  }
+  if (values["agent-id"] && !ID_PATTERN.test(values["agent-id"])) {
+    throw new FlagError(`--agent-id ${JSON.stringify(values["agent-id"])}: use 1-64 letters, digits, '.', '_' or '-'`);
+  }
+  try {
+    parseIdentifiers(values["agent-identifiers"]);
+  } catch (err) {
+    throw new FlagError(`--agent-identifiers: ${(err as Error).message}`);
   }
   if (values["reconnect-max"] < values["reconnect-min"]) {
     throw new FlagError(

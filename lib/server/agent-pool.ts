@@ -66,16 +66,19 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
   }
 
   /**
-   * Opens a stream on the next agent that can take one, waiting up to `waitMs` for room when every
-   * agent is at its limit. Returns `undefined` with the errors of the last round when none could
-   * (or none is connected).
+   * Opens a stream on the next agent that can take one (of those `accept` takes, if given),
+   * waiting up to `waitMs` for room when every such agent is at its limit. Returns `undefined`
+   * with the errors of the last round when none could (or none is connected).
    */
-  async openStream(options: { waitMs?: number } = {}): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
+  async openStream(
+    options: { waitMs?: number; accept?: (agent: A) => boolean } = {},
+  ): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
     const deadline = performance.now() + (options.waitMs ?? 0);
+    const accept = options.accept ?? (() => true);
     for (;;) {
       const roomEvents = this.#roomEvents;
-      const opened = await this.#tryEach();
-      if (opened.stream !== undefined || this.#agents.length === 0) return opened;
+      const opened = await this.#tryEach(accept);
+      if (opened.stream !== undefined || !this.#agents.some(accept)) return opened;
       const left = deadline - performance.now();
       if (left <= 0) return opened;
       if (roomEvents !== this.#roomEvents) continue;
@@ -90,7 +93,7 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
     }
   }
 
-  async #tryEach(): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
+  async #tryEach(accept: (agent: A) => boolean): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
     const errors: Error[] = [];
     // Round-robin from #next, agents that failed lately last.
     const now = performance.now();
@@ -98,7 +101,7 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
     this.#next = this.#agents.length > 0 ? (this.#next + 1) % this.#agents.length : 0;
     const penalized = (agent: A) => (this.#penalized.get(agent) ?? 0) > now;
     for (const agent of [...order.filter((agent) => !penalized(agent)), ...order.filter(penalized)]) {
-      if (!this.#agents.includes(agent)) continue;
+      if (!this.#agents.includes(agent) || !accept(agent)) continue;
       try {
         return { stream: await agent.openStream(), agent };
       } catch (err) {

@@ -6,13 +6,15 @@
  * @module
  */
 import type { X509Certificate } from "node:crypto";
-import { type AgentKind, type ServerIdentity, serveControlStream } from "../control.ts";
+import { type AgentIdentity, type AgentKind, type ServerIdentity, serveControlStream } from "../control.ts";
 import type { HostPort } from "../hostport.ts";
+import { formatIdentifiers, NO_IDENTIFIERS } from "../identifiers.ts";
 import { type Logger, LogThrottle } from "../ops/log.ts";
 import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
 import { AGENT_NOT_ALLOWED } from "../protocol.ts";
 import type { QuicConnection, QuicStream } from "../transport/mod.ts";
 import { AgentPool } from "./agent-pool.ts";
+import { allows, type Strategy } from "./strategies.ts";
 
 /**
  * How long a new agent connection gets to say what kind of agent it is before it takes tunnels as
@@ -36,7 +38,14 @@ export interface AgentsOptions {
   listeners: () => readonly HostPort[];
   /** Which replica this server is, of how many: our agents hold a connection to each. */
   identity: ServerIdentity;
+  /** `--proxy-strategies`: how the agent for a CONNECT is picked, in order. */
+  strategies: readonly Strategy[];
 }
+
+/** An agent to carry a tunnel, or why there is none. */
+export type AgentChoice =
+  | { stream: QuicStream; agent: QuicConnection; strategy: Strategy }
+  | { stream: undefined; reason: string; strategy?: Strategy };
 
 /** True when `subjects` is empty, or the certificate's CN or a SAN is one of them. */
 function identityAllowed(certificate: X509Certificate | undefined, subjects: readonly string[]): boolean {
@@ -54,6 +63,8 @@ export class Agents {
   readonly #options: AgentsOptions;
   readonly #pool = new AgentPool<QuicConnection, QuicStream>();
   readonly #kinds = new Map<QuicConnection, AgentKind | "unknown">();
+  readonly #identities = new Map<QuicConnection, AgentIdentity>();
+  readonly #chosen: Counter;
   readonly #rejected: Counter;
   readonly #unanswered: Counter;
   readonly #rejectedLog = new LogThrottle({ limit: 10, windowMs: 10_000 });
@@ -70,6 +81,12 @@ export class Agents {
       "CONNECTs an agent did not answer within --agent-answer-timeout.",
     );
     this.#unanswered.inc({}, 0);
+    this.#chosen = new Counter(
+      registry,
+      "quic_tunnel_strategy_dials_total",
+      "Tunnels by the --proxy-strategies entry that chose their agent.",
+    );
+    for (const strategy of options.strategies) this.#chosen.inc({ strategy }, 0);
     new Gauge(registry, "quic_tunnel_agents_connected", "Agent connections taking tunnels.", () => [[{}, this.#pool.size]]);
     new Gauge(registry, "quic_tunnel_agent_info", "Connected agents by address and certificate subject (value 1).", () =>
       this.#pool.agents.map((agent) => [{ peer: agent.peer, subject: agent.peerSubject }, 1]),
@@ -141,6 +158,9 @@ export class Agents {
         this.#kinds.set(agent, message.kind);
         clearTimeout(timer);
         join();
+      } else if (message?.type === "identify") {
+        this.#identities.set(agent, message);
+        log.info("agent {peer} is {id}", { peer: agent.peer, id: message.id, identifiers: formatIdentifiers(message.identifiers) });
       } else if (message?.type === "goaway") {
         // Before it joined too: an agent stopping right after it connected never takes tunnels.
         leaving = true;
@@ -152,15 +172,34 @@ export class Agents {
     agent.once("close", (error) => {
       clearTimeout(timer);
       this.#kinds.delete(agent);
+      this.#identities.delete(agent);
       if (!joined) return;
       this.#pool.remove(agent);
       log.info("agent {peer} disconnected: {reason}", { peer: agent.peer, reason: error?.message ?? "closed", agents: this.#pool.size });
     });
   }
 
-  /** Opens a stream on the next agent with room, waiting up to `waitMs` for one. */
-  openStream(options: { waitMs: number }): ReturnType<AgentPool<QuicConnection, QuicStream>["openStream"]> {
-    return this.#pool.openStream(options);
+  /**
+   * Opens a stream for a CONNECT to `host` (undefined for passthrough clients, whose target is the
+   * agent's) on an agent the first strategy that finds one allows, round-robin among those,
+   * waiting up to `waitMs` for room.
+   */
+  async openStream(options: { waitMs: number; host?: string }): Promise<AgentChoice> {
+    if (this.#pool.size === 0) return { stream: undefined, reason: "no agent is connected to the tunnel server" };
+    for (const strategy of this.#options.strategies) {
+      const accept = (agent: QuicConnection) => allows(strategy, this.#identities.get(agent)?.identifiers ?? NO_IDENTIFIERS, options.host);
+      if (!this.#pool.agents.some(accept)) continue;
+      const opened = await this.#pool.openStream({ waitMs: options.waitMs, accept });
+      if (opened.stream === undefined) {
+        return { stream: undefined, strategy, reason: `no agent can take a stream: ${opened.errors.map((err) => err.message).join("; ")}` };
+      }
+      this.#chosen.inc({ strategy });
+      return { ...opened, strategy };
+    }
+    return {
+      stream: undefined,
+      reason: `no connected agent serves ${options.host ?? "this client"} by --proxy-strategies ${this.#options.strategies.join(",")}`,
+    };
   }
 
   /**

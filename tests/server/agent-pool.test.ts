@@ -89,3 +89,17 @@ test("a penalized agent takes streams only when no other agent can, until its pe
   for (let i = 0; i < 2; i++) after.push((await pool.openStream()).stream);
   assert.deepEqual(after.sort(), ["a#2", "b#5"], "once the penalty is over, round-robin again");
 });
+
+test("only the agents a strategy accepts are tried, round-robin among them, and none accepted ends at once", async () => {
+  const pool = new AgentPool<FakeAgent, string>();
+  const [a, b, c] = [new FakeAgent("a"), new FakeAgent("b"), new FakeAgent("c")];
+  for (const agent of [a, b, c]) pool.add(agent);
+  const accept = (agent: FakeAgent) => agent !== b;
+  const names = new Set<string | undefined>();
+  for (let i = 0; i < 6; i++) names.add((await pool.openStream({ accept })).stream?.split("#")[0]);
+  assert.deepEqual([...names].sort(), ["a", "c"]);
+  const started = performance.now();
+  const none = await pool.openStream({ accept: () => false, waitMs: 5_000 });
+  assert.equal(none.stream, undefined);
+  assert.ok(performance.now() - started < 1_000, "no agent accepted: no waiting for room");
+});
