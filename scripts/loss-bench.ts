@@ -19,8 +19,8 @@ import { startLossyRelay } from "../tests/harness.ts";
 import { agentArgs, freePort, type RoleProcess, run, scratchCerts, serverTlsArgs, spawnProcess, startAgent, startServer } from "./roles.ts";
 import { expectedSha256, sha256, startHttpTarget } from "./traffic.ts";
 
-const USAGE = `Usage: bun run scripts/loss-bench.ts [options]
-       npm run bench:loss -- [options]
+const USAGE = `Usage: bun run scripts/loss-bench.ts [options] [-- flags for our server and agent]
+       npm run bench:loss -- [options] [-- flags for our server and agent]
 
 Short tunnels and bulk downloads through a lossy UDP relay, for each path in one run.
 
@@ -33,9 +33,14 @@ Options:
   --bulk-loss LIST   loss each way for the downloads, comma-separated (default 0.01,0.05)
   --mib N            MiB per download (default 64)
   -h, --help         print this help
+
+Flags after a lone -- go to our server and agent, e.g. -- --cc bbr.
 `;
 
+const dashes = process.argv.indexOf("--", 2);
+const roleArgs = dashes >= 0 ? process.argv.slice(dashes + 1) : [];
 const { values } = parseArgs({
+  args: process.argv.slice(2, dashes >= 0 ? dashes : undefined),
   options: {
     paths: { type: "string" },
     reference: { type: "string", default: process.env.QUIC_TUNNEL_REFERENCE },
@@ -163,7 +168,9 @@ try {
   await target.close();
 }
 
-console.log(`\nloss bench: ${tunnels} short tunnels (${BODY_BYTES} B answers, ${concurrency} at a time) at ${loss * 100}% loss each way`);
+console.log(
+  `\nloss bench: ${tunnels} short tunnels (${BODY_BYTES} B answers, ${concurrency} at a time) at ${loss * 100}% loss each way${roleArgs.length > 0 ? `; our roles with ${roleArgs.join(" ")}` : ""}`,
+);
 console.log("path        seconds  ok     failed  datagrams/tunnel  dropped   bulk MiB/s (loss)");
 for (const r of results) {
   const s = r.short;
@@ -179,7 +186,7 @@ for (const r of results) {
 /** The path's server: ours (with the engine named) or the reference's binary. */
 async function startPathServer(name: string): Promise<{ server: RoleProcess; tcpPort: number; quicPort: number }> {
   if (name !== "reference") {
-    const server = await startServer({ certs, engine: name as "quiche" | "node-quic" });
+    const server = await startServer({ certs, engine: name as "quiche" | "node-quic", args: roleArgs });
     return { server, tcpPort: server.tcpPort, quicPort: server.quicPort };
   }
   const [tcpPort, quicPort] = [await freePort("tcp"), await freePort("udp")];
@@ -195,7 +202,7 @@ async function startPathServer(name: string): Promise<{ server: RoleProcess; tcp
 }
 
 function startPathAgent(name: string, port: number): Promise<RoleProcess> | RoleProcess {
-  if (name !== "reference") return startAgent(port, { certs, engine: name as "quiche" | "node-quic" });
+  if (name !== "reference") return startAgent(port, { certs, engine: name as "quiche" | "node-quic", args: roleArgs });
   return spawnProcess(join(values.reference as string, "quic-client"), agentArgs(`127.0.0.1:${port}`, certs));
 }
 
