@@ -606,6 +606,43 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       client.close();
     });
 
+    test("a reset after data is an error after that data, never a clean end, both ways", async () => {
+      const { client, serverSide } = await pair();
+      const payload = randomBytes(64 * 1024);
+      // The server side answers with the payload and resets; the client side uploads it and resets.
+      serverSide.once("stream", (stream) => {
+        stream.once("data", () => stream.write(payload, () => setTimeout(() => stream.destroy(), 50)));
+        stream.on("error", ignore);
+      });
+      const stream = await client.openStream();
+      stream.write("trigger");
+      const outcome = await new Promise<string>((resolve) => {
+        let bytes = 0;
+        stream.on("data", (chunk: Buffer) => {
+          bytes += chunk.length;
+        });
+        stream.once("end", () => resolve(`a clean end after ${bytes} bytes`));
+        stream.once("error", (err) => resolve(`error after ${bytes} bytes: ${err.message}`));
+      });
+      assert.match(outcome, new RegExp(`^error after ${payload.length} bytes: stream \\d+ (reset|stopped) by peer`));
+      const upload = await new Promise<string>((resolve) => {
+        serverSide.once("stream", (incoming) => {
+          let bytes = 0;
+          incoming.on("data", (chunk: Buffer) => {
+            bytes += chunk.length;
+          });
+          incoming.once("end", () => resolve(`a clean end after ${bytes} bytes`));
+          incoming.once("error", (err) => resolve(`error after ${bytes} bytes: ${err.message}`));
+        });
+        void client.openStream().then((up) => {
+          up.on("error", ignore);
+          up.write(payload, () => setTimeout(() => up.destroy(), 50));
+        });
+      });
+      assert.match(upload, new RegExp(`^error after ${payload.length} bytes`));
+      client.close();
+    });
+
     test("the connection's end is an error on every open stream, never a clean end", async () => {
       const { client, serverSide } = await pair();
       const arrived = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));

@@ -23,6 +23,8 @@ export interface StreamOwner {
 }
 
 const HIGH_WATER_MARK = 256 * 1024;
+/** How long a peer's end waits for a reset that may follow it (see the constructor). */
+const END_SETTLE_MS = 20;
 
 /** A bidirectional stream of the TCP transport. */
 export class TcpStream extends Duplex implements QuicStream {
@@ -39,7 +41,21 @@ export class TcpStream extends Duplex implements QuicStream {
       owner.carried("received", chunk.length);
       if (!this.push(chunk)) inner.pause();
     });
-    inner.once("end", () => this.push(null));
+    // Node's and Bun's HTTP/2 end a stream's readable side before they say it was reset: the
+    // RST_STREAM's code, "aborted" and the error come after "end" (Bun in the same turn, Node a
+    // turn or two later). The end is passed on once no reset followed it for a moment, or a reset
+    // would reach the reader as a clean end.
+    inner.once("end", () => {
+      const settle = () => {
+        clearTimeout(timer);
+        inner.off("aborted", settle);
+        inner.off("close", settle);
+        this.#innerEnded();
+      };
+      const timer = setTimeout(settle, END_SETTLE_MS);
+      inner.once("aborted", settle);
+      inner.once("close", settle);
+    });
     // The close that follows says what happened, with the peer's code.
     inner.on("error", () => {});
     inner.once("close", () => this.#innerClosed());
@@ -89,6 +105,13 @@ export class TcpStream extends Duplex implements QuicStream {
     if (code !== undefined && code !== 0) return new QuicError(`stream ${this.id} reset by peer (code ${code})`, { code });
     if (cause) return new QuicError(`stream ${this.id}: ${cause.message}`, { cause });
     return new QuicError(`stream ${this.id} stopped by peer`);
+  }
+
+  #innerEnded(): void {
+    if (this.destroyed) return;
+    const code = this.#inner.rstCode;
+    if (this.#inner.aborted || (code !== undefined && code !== 0) || this.#owner.lostReason()) this.destroy(this.#failure());
+    else this.push(null);
   }
 
   #innerClosed(): void {
