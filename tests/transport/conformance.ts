@@ -643,6 +643,35 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       client.close();
     });
 
+    test("a writer whose peer ended its own side and then aborts hears of it at once", async () => {
+      // A target that answers, closes its side, reads a while and then resets, while the client
+      // still uploads: the client's stream must fail, not wait for credit that never comes.
+      const { client, serverSide } = await pair();
+      serverSide.once("stream", (stream) => {
+        stream.on("error", ignore);
+        stream.end("answer");
+        let read = 0;
+        stream.on("data", (chunk: Buffer) => {
+          read += chunk.length;
+          if (read >= 256 * 1024 && !stream.destroyed) stream.destroy();
+        });
+      });
+      const stream = await client.openStream();
+      stream.write("request");
+      // The answer and its end first, then the upload at a client's pace: the writes that come
+      // after the abort find a stream quiche has already forgotten.
+      await new Promise((resolve) => stream.once("end", resolve).resume());
+      const chunk = Buffer.alloc(64 * 1024, 3);
+      const failed = new Promise<string>((resolve) => stream.once("error", (err) => resolve(err.message)));
+      const uploader = setInterval(() => {
+        if (!stream.destroyed && stream.writableLength < 1 << 20) stream.write(chunk);
+      }, 10);
+      const outcome = await Promise.race([failed, pause(5_000).then(() => "still writing after 5 s")]);
+      clearInterval(uploader);
+      assert.match(outcome, /stream \d+ .*(reset|stopped|ended) by peer/);
+      client.close();
+    });
+
     test("the connection's end is an error on every open stream, never a clean end", async () => {
       const { client, serverSide } = await pair();
       const arrived = new Promise<QuicStream>((resolve) => serverSide.once("stream", resolve));

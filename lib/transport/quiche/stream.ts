@@ -166,6 +166,8 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       while (this.#pending !== null) {
         const sent = native.streamSend(this.id, this.#pending, false) ?? 0;
         if (sent === 0) {
+          const gone = this.#sendGone();
+          if (gone) throw gone;
           this.#host.wantWrite(this);
           return;
         }
@@ -197,7 +199,22 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       }
     } catch (err) {
       this.#writeDone = true;
-      this.destroy(streamError(err, this.id));
+      this.destroy(err instanceof QuicError ? err : streamError(err, this.id));
+    }
+  }
+
+  /**
+   * Why quiche takes nothing more for this stream, when it is not flow control: quiche answers
+   * "done" both for a stream out of credit and for one it has forgotten (our peer's FIN read, then
+   * its STOP_SENDING and our reset acknowledged), and the second would wait for credit forever.
+   */
+  #sendGone(): Error | undefined {
+    try {
+      this.#host.native.streamCapacity(this.id);
+      return undefined;
+    } catch (err) {
+      if (/StreamStopped/.test(String((err as Error)?.message ?? err))) return streamError(err, this.id);
+      return new QuicError(`stream ${this.id} stopped by peer (quiche has already let the stream go)`, { cause: err });
     }
   }
 
