@@ -62,7 +62,7 @@ export function abort(stream: Duplex): void {
 function forward(
   from: Duplex,
   to: Duplex,
-  options: { count: (n: number) => void; budget?: BufferBudget; abort: (err: Error) => void },
+  options: { count: (n: number) => void; active: () => void; budget?: BufferBudget; abort: (err: Error) => void },
 ): void {
   let waiting = false;
   const stall: Stall = {
@@ -77,8 +77,13 @@ function forward(
   from.on("data", (chunk: Buffer) => {
     options.count(chunk.length);
     // The chunk came from `from` and only this pipe holds it; the writer is done with it once its
-    // write callback has run.
-    if (!to.write(chunk, () => release(chunk)) && !waiting) {
+    // write callback has run. That `to` took it is activity too: a slow reader still taking bytes
+    // keeps the tunnel alive while `from` waits.
+    const taken = () => {
+      release(chunk);
+      options.active();
+    };
+    if (!to.write(chunk, taken) && !waiting) {
       waiting = true;
       from.pause();
       to.once("drain", resume);
@@ -178,11 +183,14 @@ export function pipeBoth(a: Duplex, b: Duplex, options: PipeOptions = {}): Promi
       if (stream.closed) queueMicrotask(() => onClose(stream, other));
       else stream.once("close", () => onClose(stream, other));
     }
-    const moved = (direction: "sent" | "received") => (n: number) => {
-      result[direction] += n;
+    const active = () => {
       lastActivity = performance.now();
     };
-    forward(a, b, { count: moved("sent"), budget: options.budget, abort: onError });
-    forward(b, a, { count: moved("received"), budget: options.budget, abort: onError });
+    const moved = (direction: "sent" | "received") => (n: number) => {
+      result[direction] += n;
+      active();
+    };
+    forward(a, b, { count: moved("sent"), active, budget: options.budget, abort: onError });
+    forward(b, a, { count: moved("received"), active, budget: options.budget, abort: onError });
   });
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
+import { Duplex } from "node:stream";
 import { test } from "node:test";
 import { pipeBoth } from "../../lib/tunnel/pipe.ts";
 import { pause, until } from "../wait.ts";
@@ -186,4 +187,30 @@ test("a half-closed tunnel that carries nothing is ended after --half-close-time
   clientA.destroy();
   closeA();
   closeB();
+});
+
+test("bytes still draining to a slow reader keep a tunnel from idling out", async () => {
+  // The far side takes what it was handed slowly, 64 KiB every 10 ms, from a buffer that took the
+  // whole 4 MiB at once (as a QUIC stream toward a slow peer does): nothing more arrives to be read
+  // for 640 ms, but the writes still going out are activity.
+  let received = 0;
+  const source = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  const slow = new Duplex({
+    allowHalfOpen: true,
+    writableHighWaterMark: 8 << 20,
+    read() {},
+    write(chunk: Buffer, _encoding, callback) {
+      received += chunk.length;
+      setTimeout(callback, 10);
+    },
+    final(callback) {
+      this.push(null);
+      callback();
+    },
+  });
+  for (let i = 0; i < 64; i++) source.push(Buffer.alloc(64 * 1024, i));
+  source.push(null);
+  const result = await pipeBoth(source, slow, { idleTimeoutMs: 200 });
+  assert.equal(result.error, undefined, `the tunnel ended early: ${result.error?.message} after ${received} bytes`);
+  assert.equal(received, 4 << 20);
 });
