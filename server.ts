@@ -11,6 +11,7 @@
 import { randomUUID } from "node:crypto";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { HandshakeAdmission } from "./lib/admission.ts";
 import { formatHostPort, type HostPort } from "./lib/hostport.ts";
 import { ID_PATTERN } from "./lib/identifiers.ts";
 import { startAdmin } from "./lib/ops/admin.ts";
@@ -194,6 +195,13 @@ const agents = new Agents({
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
 const tunnels = new Tunnels(registry, { role: "server", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
+// Slots are taken from accept: one address that opens connections and sends nothing could take
+// them all for --header-timeout, so it may have only so many still sending their request head.
+const PENDING_HEADS_PER_ADDRESS = 256;
+const pendingHeads = new HandshakeAdmission({
+  maxHandshakes: Number.POSITIVE_INFINITY,
+  maxHandshakesPerAddress: PENDING_HEADS_PER_ADDRESS,
+});
 /** The host of a CONNECT target, for --proxy-strategies; undefined when malformed (the agent answers 400). */
 function connectHost(target: string): string | undefined {
   try {
@@ -211,6 +219,12 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
   let first = Buffer.alloc(0);
   let host: string | undefined;
   if (!passthrough) {
+    const headDone = pendingHeads.admit(socket.remoteAddress ?? "unix");
+    if (typeof headDone === "string") {
+      const reason = `${PENDING_HEADS_PER_ADDRESS} connections from ${socket.remoteAddress ?? "this socket"} are still sending their request head`;
+      tunnel.refuse("over_limit", 503, reason);
+      return;
+    }
     try {
       const { head, raw, rest } = await readRequestHead(socket, {
         maxBytes: flags["max-header-bytes"],
@@ -222,6 +236,8 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
       if (err instanceof HttpError) tunnel.refuse(err.status === 408 ? "timeout" : "bad_request", err.status, err.message);
       else tunnel.refuse("aborted", 400, (err as Error).message);
       return;
+    } finally {
+      headDone();
     }
   }
   const opened = await agents.openStream({ waitMs: flags["agent-wait"], host });

@@ -31,8 +31,8 @@ const hello = (server: ServerProcess) =>
   rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`, { timeoutMs: 5_000 });
 const agentsOf = async (server: ServerProcess) => (await roleMetrics(server)).get("quic_tunnel_agents_connected");
 
-describe("three server replicas behind one balancer", { skip: SLOW_TRANSPORT }, () => {
-  test("one agent connects to every replica, and a replica that dies costs only its own tunnels", async () => {
+describe("several servers", { skip: SLOW_TRANSPORT }, () => {
+  test("three replicas behind one balancer: one agent connects to every replica, and a replica that dies costs only its own tunnels", async () => {
     const quicPorts = [await freePort("udp"), await freePort("udp"), await freePort("udp")];
     const replica = (index: number) =>
       startServer({
@@ -91,5 +91,14 @@ describe("three server replicas behind one balancer", { skip: SLOW_TRANSPORT }, 
       Object.values(await balancer.flows()).every((flows) => flows >= 1),
       "each replica got flows of its own",
     );
+  });
+
+  test("--server with several addresses: the agent holds a connection to each, though they name no count", async () => {
+    const servers = [track(await startServer()), track(await startServer()), track(await startServer())];
+    const list = servers.map((server) => `127.0.0.1:${server.quicPort}`).join(",");
+    track(await startAgent(servers[0].quicPort, { args: ["--server", list] }));
+    for (const server of servers) {
+      await until(async () => /hello through the tunnel/.test(await hello(server).catch(() => "")), "every server to reach the agent");
+    }
   });
 });

@@ -57,13 +57,28 @@ function whenClosed(socket: net.Socket): Promise<string> {
 }
 
 describe("clients that say nothing, or nothing that is HTTP", { skip: SLOW_TRANSPORT }, () => {
-  test("300 silent clients: no agent stream for any, 408 at --header-timeout, real clients served meanwhile", async () => {
-    const server = track(await startServer({ args: ["--header-timeout", "1s", "--admin-addr", "127.0.0.1:0"] }));
+  test("400 silent clients from one address: no agent stream for any, 256 held to --header-timeout (408), the rest 503 at once, other clients served meanwhile", async () => {
+    // 300 slots: without the cap on heads pending from one address, these clients would take them all.
+    const server = track(await startServer({ args: ["--header-timeout", "1s", "--admin-addr", "127.0.0.1:0", "--max-tunnels", "300"] }));
     const agent = track(await startAgent(server.quicPort, { args: ["--admin-addr", "127.0.0.1:0", "--max-tunnels", "100"] }));
-    const silent = await silentClients(server.tcpPort, 300);
+    const silent = await silentClients(server.tcpPort, 400);
     const answers = silent.map(whenClosed);
-    const served = await rawExchange(server.tcpPort, connectGet(target.port));
-    assert.match(served, /hello through the tunnel/, "a real client is served while 300 wait");
+    const served = await new Promise<string>((resolve, reject) => {
+      const client = net.connect({ port: server.tcpPort, host: "127.0.0.1", localAddress: "127.0.0.2" }, () =>
+        client.write(connectGet(target.port)),
+      );
+      let text = "";
+      client.on("data", (chunk) => {
+        text += chunk.toString("latin1");
+        if (text.includes("hello through the tunnel")) {
+          client.destroy();
+          resolve(text);
+        }
+      });
+      client.once("error", reject);
+      client.once("close", () => resolve(text));
+    });
+    assert.match(served, /hello through the tunnel/, "a client from another address is served while 400 wait");
     // The agent counts the real tunnel once it has ended there, a moment after the client's answer.
     let agentMetrics = new Map<string, number>();
     const ended = () =>
@@ -79,9 +94,13 @@ describe("clients that say nothing, or nothing that is HTTP", { skip: SLOW_TRANS
     assert.equal(agentMetrics.get('quic_tunnel_tunnels_total{outcome="ok"}'), 1, "the agent saw only the real tunnel");
     assert.equal(agentMetrics.get("quic_tunnel_tunnels_active"), 0);
     const replies = await Promise.all(answers);
-    assert.equal(replies.filter((reply) => reply.startsWith("HTTP/1.1 408 Request Timeout\r\n")).length, 300);
+    assert.equal(replies.filter((reply) => reply.startsWith("HTTP/1.1 408 Request Timeout\r\n")).length, 256);
+    const capped = replies.filter((reply) =>
+      /^HTTP\/1\.1 503 [\s\S]*256 connections from 127\.0\.0\.1 are still sending their request head/.test(reply),
+    );
+    assert.equal(capped.length, 144);
     const serverMetrics = await roleMetrics(server);
-    assert.equal(serverMetrics.get('quic_tunnel_tunnels_total{outcome="timeout"}'), 300);
+    assert.equal(serverMetrics.get('quic_tunnel_tunnels_total{outcome="timeout"}'), 256);
   });
 
   test("300 silent TLS clients, some with part of a ClientHello or trickling one, and 50 silent Unix socket clients are closed at --header-timeout; curl is served meanwhile", async () => {

@@ -42,6 +42,7 @@ import {
 import { tcpEngine } from "../transport/tcp/mod.ts";
 import { proxyFor } from "../transport/tcp/proxy.ts";
 import type { Tunnels } from "../tunnel/slots.ts";
+import { ServerAddresses } from "./addresses.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
 import { explainServerCertificate } from "./diagnose.ts";
 import type { ServerInfo } from "./loop-guard.ts";
@@ -65,6 +66,8 @@ export interface AgentOptions {
   identity?: AgentIdentity;
   /** The ways to the server, and which to take. */
   transports: TransportChoice;
+  /** The QUIC addresses of the server (`--server`), one seat each at least. */
+  addresses: ServerAddresses;
   serverName: string;
   /** The certificates for the next connection attempt (they may be reloaded between attempts). */
   tls: () => TlsMaterial;
@@ -127,7 +130,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * the agent's transport; extras dial it.
    */
   const seats: Seat[] = [];
-  /** Servers to hold: the largest count a server announced (1 for servers that say none). */
+  /** The replicas the servers announced last (1 for servers that say none). */
+  let announced = 1;
+  /** Seats to hold: one per replica announced, and at least one per address. */
   let wanted = 1;
   const seated = () => seats.flatMap((seat) => (seat.connection ? [seat.connection] : []));
   /** Connections dialed under load beside the first, by the route each took (the first's). */
@@ -179,15 +184,15 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   };
 
   /**
-   * Dials the first connection over the preferred route and, with `--transport auto`, over the
-   * other when that fails; the route that worked is preferred from then on. Rejects with the last
-   * route's error.
+   * Dials a seat's connection over the preferred route and, with `--transport auto`, over the
+   * other when that fails; the route that worked is preferred from then on. QUIC goes to `quic`,
+   * the seat's address of the moment. Rejects with the last route's error.
    */
-  const dial = async (): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
+  const dial = async (quic: HostPort): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
     const routes = transports.routes();
     for (const [index, route] of routes.entries()) {
       try {
-        const connection = await dialOver(route);
+        const connection = await dialOver(route.name === "quic" ? { ...route, server: quic } : route);
         if (!connection) return undefined;
         transports.connected(route);
         return { connection, route };
@@ -357,12 +362,12 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   const holder = (seat: Seat, id: string) => seats.find((other) => other !== seat && other.serverId === id && other.connection);
 
   /**
-   * Holds as many seats as the servers `count` announced (at most {@link MAX_SERVERS}); a seat
-   * beyond a smaller count leaves once its connection ends.
+   * Holds one seat per replica the servers announced and at least one per address (at most
+   * {@link MAX_SERVERS}); a seat beyond a smaller count leaves once its connection ends.
    */
-  function want(count: number): void {
-    if (count > MAX_SERVERS && wanted < MAX_SERVERS)
-      log.warn("servers announce {count} replicas; holding {max}", { count, max: MAX_SERVERS });
+  function want(): void {
+    const count = Math.max(announced, options.addresses.size);
+    if (count > MAX_SERVERS && wanted < MAX_SERVERS) log.warn("{count} servers to connect to; holding {max}", { count, max: MAX_SERVERS });
     wanted = Math.min(count, MAX_SERVERS);
     for (let index = 0; index < wanted && !stopped; index++) {
       if (!seats[index]) seats.push({ index, running: false });
@@ -376,20 +381,26 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   async function keepSeat(seat: Seat): Promise<void> {
     seat.running = true;
     const backoff = new Backoff(options.backoff);
+    // Failed and duplicate dials move the seat on to the next address.
+    let attempt = 0;
     while (!stopped && seat.index < wanted) {
-      log.debug("dialing server {server}", { server });
+      const address = options.addresses.pick(seat.index, attempt);
+      const dialing = transports.routes()[0].name === "quic" ? formatHostPort(address) : server;
+      log.debug("dialing server {server}", { server: dialing });
       let dialed: Awaited<ReturnType<typeof dial>>;
       try {
-        dialed = await dial();
+        dialed = await dial(address);
       } catch (err) {
+        attempt++;
         const delay = backoff.next();
-        log.warn("cannot connect to server {server}: {error}; retrying in {delay} ms", { server, error: err, delay });
+        log.warn("cannot connect to server {server}: {error}; retrying in {delay} ms", { server: dialing, error: err, delay });
         await sleep(delay);
         continue;
       }
       if (!dialed) break;
       let { connection, route } = dialed;
-      if (seat.index === 0) server = named(route);
+      const where = route.name === "quic" ? formatHostPort(address) : named(route);
+      if (seat.index === 0) server = where;
       [seat.connection, seat.route] = [connection, route];
       const since = Date.now();
       // Listened for at once: the close may come before the hello is answered.
@@ -406,9 +417,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
         // The server may have routed a tunnel here already: it finishes before the close.
         seat.connection = undefined;
         retire(connection, `agent already connected to server ${id}`);
+        attempt++;
         const delay = backoff.next();
         log.debug("connection to server {server} reached server id {id}, which another connection holds; dialing again in {delay} ms", {
-          server,
+          server: where,
           id,
           delay,
         });
@@ -416,9 +428,13 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
         continue;
       }
       seat.serverId = id;
-      if (announcement.server) want(announcement.server.count);
+      attempt = 0;
+      if (announcement.server && announcement.server.count !== announced) {
+        announced = announcement.server.count;
+        want();
+      }
       if (!connection.closed) {
-        log.info("connected to server {server}", { server, server_id: id, subject: connection.peerSubject, ...over(route) });
+        log.info("connected to server {server}", { server: where, server_id: id, subject: connection.peerSubject, ...over(route) });
       }
       let error: QuicError | undefined;
       for (;;) {
@@ -448,7 +464,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       if (Date.now() - since >= STABLE_AFTER_MS) backoff.reset();
       const delay = backoff.next();
       log.warn("connection to server {server} lost: {reason}; reconnecting in {delay} ms", {
-        server,
+        server: where,
         server_id: id,
         reason: error?.message ?? "closed",
         delay,
@@ -460,8 +476,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
 
   /** Runs the seats until the agent stops; seats taken meanwhile are awaited too. */
   async function run(): Promise<void> {
-    want(1);
+    await options.addresses.start(want);
+    want();
     for (let done = 0; done < seatLoops.length; done++) await seatLoops[done];
+    options.addresses.stop();
     log.info("agent stopped");
   }
 
@@ -502,12 +520,12 @@ export function connectionOptions(
   const { engine, ...rest } = wiring;
   const mode = flags.transport as TransportMode;
   const named = flags["agent-id"] || flags["agent-identifiers"];
-  const tcpServer = (flags["server-tcp"] as HostPort | undefined) ?? flags.server;
+  const tcpServer = (flags["server-tcp"] as HostPort | undefined) ?? flags.server[0];
   return {
     ...rest,
     transports: new TransportChoice({
       mode,
-      quic: { name: "quic", engine, server: flags.server },
+      quic: { name: "quic", engine, server: flags.server[0] },
       tcp: {
         name: "tcp",
         engine: tcpEngine,
@@ -522,6 +540,7 @@ export function connectionOptions(
           identifiers: flags["agent-identifiers"] ? parseIdentifiers(flags["agent-identifiers"]) : NO_IDENTIFIERS,
         }
       : undefined,
+    addresses: new ServerAddresses(flags.server),
     serverName: flags["server-name"],
     transport: { ...transportOptions(flags), keepAliveMs: flags["keep-alive"] },
     backoff: { minMs: flags["reconnect-min"], maxMs: flags["reconnect-max"] },

@@ -124,7 +124,12 @@ export const TRANSPORT_FLAGS = {
 
 /** Flags of both agents (agent.ts and agent-tcp.ts). */
 export const AGENT_FLAGS = {
-  server: { kind: "hostport", value: "host:port", default: "127.0.0.1:9999", help: "QUIC address of the tunnel server." },
+  server: {
+    kind: "hostports",
+    value: "host:port[,...]",
+    default: "127.0.0.1:9999",
+    help: "QUIC address of the tunnel server; several, comma-separated, or a DNS name with several addresses (looked up again every 30s): the agent holds a connection to each address (and to each server id the servers announce with --server-count).",
+  },
   "ca-file": { kind: "string", value: "path", required: true, help: "PEM CA bundle that verifies the server certificate." },
   "cert-file": { kind: "string", value: "path", required: true, help: "PEM client certificate presented to the server." },
   "cert-key": { kind: "string", value: "path", required: true, help: "PEM private key of the client certificate." },

@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import { type HostPort, parseHostPort } from "../hostport.ts";
 
 /** Kinds of flag values; durations become milliseconds, sizes bytes; a list may be given many times. */
-export type FlagKind = "string" | "int" | "duration" | "size" | "hostport" | "bool" | "list";
+export type FlagKind = "string" | "int" | "duration" | "size" | "hostport" | "hostports" | "bool" | "list";
 
 /** One flag: its kind, help text, and default (as it would be typed). */
 export interface FlagSpec {
@@ -30,11 +30,13 @@ type ValueOf<K extends FlagKind> = K extends "string"
   ? string
   : K extends "hostport"
     ? HostPort
-    : K extends "bool"
-      ? boolean
-      : K extends "list"
-        ? string[]
-        : number;
+    : K extends "hostports"
+      ? HostPort[]
+      : K extends "bool"
+        ? boolean
+        : K extends "list"
+          ? string[]
+          : number;
 
 /** The parsed values of a flag table. */
 export type FlagValues<T extends Record<string, FlagSpec>> = { [K in keyof T]: ValueOf<T[K]["kind"]> };
@@ -154,6 +156,10 @@ function convertText(spec: FlagSpec, text: string, fail: (what: string) => never
       return parseSize(text) ?? fail("expected a size such as 1232, 64KiB or 8MiB");
     case "hostport":
       return parseHostPort(text) ?? fail("expected host:port or [ipv6]:port");
+    case "hostports": {
+      const addresses = text.split(",").map((part) => parseHostPort(part.trim()));
+      return addresses.every((address) => address !== undefined) ? addresses : fail("expected host:port[,host:port...]");
+    }
   }
 }
 

@@ -9,11 +9,11 @@
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { isIP } from "node:net";
+import { type AdmissionRefusal, HandshakeAdmission } from "../../admission.ts";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";
 import { QuicError } from "../errors.ts";
 import type { ListenOptions, QuicServer, ServerEvents, ServerStats, TlsMaterial, TransportOptions } from "../types.ts";
-import { type AdmissionRefusal, HandshakeAdmission } from "./admission.ts";
 import { type Config, type Connection, quiche } from "./binding.ts";
 import { buildConfig } from "./config.ts";
 import { type PathInfo, QuicheConnection } from "./connection.ts";

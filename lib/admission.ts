@@ -1,10 +1,12 @@
 /**
- * Admission of new handshakes: a cap on connections still in handshake, overall and per source
- * address, so that Initials from strangers cannot make the server keep unbounded state.
+ * Admission of peers still in their handshake: a cap on them overall and per source address, so
+ * that strangers cannot make a role keep unbounded state, or take every slot from one address.
+ * The quiche engine admits QUIC handshakes with it; the server, CONNECT clients still sending
+ * their request head.
  *
  * @module
  */
-import type { HandshakeLimits } from "../types.ts";
+import type { HandshakeLimits } from "./transport/types.ts";
 
 /** Defaults of {@link HandshakeLimits}. */
 const DEFAULT_HANDSHAKE_LIMITS: Readonly<HandshakeLimits> = { maxHandshakes: 1024, maxHandshakesPerAddress: 64 };

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { HandshakeAdmission } from "../../lib/transport/quiche/admission.ts";
+import { HandshakeAdmission } from "../lib/admission.ts";
 
 test("handshakes are admitted up to the per-address limit, and again once one ends", () => {
   const admission = new HandshakeAdmission({ maxHandshakes: 10, maxHandshakesPerAddress: 2 });
