@@ -89,7 +89,10 @@ export class TcpStream extends Duplex implements QuicStream {
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    if (!this.#inner.closed && !this.#inner.destroyed) {
+    // Node destroys a finished Duplex by itself (autoDestroy), maybe before HTTP/2 has closed the
+    // stream after both END_STREAMs: that is no abort, and a RST_STREAM then would fail the peer.
+    const finished = error === null && this.readableEnded && this.writableFinished;
+    if (!finished && !this.#inner.closed && !this.#inner.destroyed) {
       this.#resetLocally = true;
       this.#inner.close(STREAM_CANCELLED);
     }
