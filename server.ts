@@ -196,12 +196,15 @@ const agents = new Agents({
 // with room, then both ways until both sides are done.
 const tunnels = new Tunnels(registry, { role: "server", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
 // Slots are taken from accept: one address that opens connections and sends nothing could take
-// them all for --header-timeout, so it may have only so many still sending their request head.
-const PENDING_HEADS_PER_ADDRESS = 256;
-const pendingHeads = new HandshakeAdmission({
-  maxHandshakes: Number.POSITIVE_INFINITY,
-  maxHandshakesPerAddress: PENDING_HEADS_PER_ADDRESS,
-});
+// them all for --header-timeout. Once many clients are still sending their request head (half the
+// slots, at most 1,024), one address may have only a quarter of that many, so a burst of one
+// client's tunnels passes while nobody else waits, and a stranger leaves slots to the others.
+const headsBusyAt = Math.min(1024, flags["max-tunnels"] > 0 ? Math.ceil(flags["max-tunnels"] / 2) : 1024);
+const PENDING_HEADS_PER_ADDRESS = Math.max(1, Math.floor(headsBusyAt / 4));
+const pendingHeads = new HandshakeAdmission(
+  { maxHandshakes: Number.POSITIVE_INFINITY, maxHandshakesPerAddress: PENDING_HEADS_PER_ADDRESS },
+  { busyAt: headsBusyAt },
+);
 /** The host of a CONNECT target, for --proxy-strategies; undefined when malformed (the agent answers 400). */
 function connectHost(target: string): string | undefined {
   try {
@@ -221,7 +224,7 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
   if (!passthrough) {
     const headDone = pendingHeads.admit(socket.remoteAddress ?? "unix");
     if (typeof headDone === "string") {
-      const reason = `${PENDING_HEADS_PER_ADDRESS} connections from ${socket.remoteAddress ?? "this socket"} are still sending their request head`;
+      const reason = `too many connections from ${socket.remoteAddress ?? "this socket"} are still sending their request head (${pendingHeads.count} clients are; at most ${PENDING_HEADS_PER_ADDRESS} from one address then)`;
       tunnel.refuse("over_limit", 503, reason);
       return;
     }

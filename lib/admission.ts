@@ -17,11 +17,17 @@ export type AdmissionRefusal = "handshake_limit" | "address_limit";
 /** Counts handshakes under way, overall and per source address. */
 export class HandshakeAdmission {
   readonly #limits: HandshakeLimits;
+  readonly #busyAt: number;
   readonly #byAddress = new Map<string, number>();
   #count = 0;
 
-  constructor(limits: Partial<HandshakeLimits> = {}) {
+  /**
+   * `busyAt`: the per-address cap applies only once this many are under way (default 0: always),
+   * so that one client's burst passes while nobody else is waiting.
+   */
+  constructor(limits: Partial<HandshakeLimits> = {}, options: { busyAt?: number } = {}) {
     this.#limits = { ...DEFAULT_HANDSHAKE_LIMITS, ...limits };
+    this.#busyAt = options.busyAt ?? 0;
   }
 
   /** Handshakes under way now. */
@@ -36,7 +42,7 @@ export class HandshakeAdmission {
   admit(address: string): (() => void) | AdmissionRefusal {
     if (this.#count >= this.#limits.maxHandshakes) return "handshake_limit";
     const fromAddress = this.#byAddress.get(address) ?? 0;
-    if (fromAddress >= this.#limits.maxHandshakesPerAddress) return "address_limit";
+    if (this.#count >= this.#busyAt && fromAddress >= this.#limits.maxHandshakesPerAddress) return "address_limit";
     this.#count++;
     this.#byAddress.set(address, fromAddress + 1);
     let open = true;

@@ -24,3 +24,14 @@ test("the overall limit holds across addresses", () => {
   assert.equal(admission.count, 0);
   assert.equal(typeof admission.admit("d"), "function");
 });
+
+test("with busyAt, one address's burst passes while few are under way, and is capped once many are", () => {
+  const admission = new HandshakeAdmission({ maxHandshakes: 1000, maxHandshakesPerAddress: 2 }, { busyAt: 4 });
+  const burst = [1, 2, 3, 4].map(() => admission.admit("10.0.0.1"));
+  assert.ok(
+    burst.every((done) => typeof done === "function"),
+    "four from one address while under four are under way",
+  );
+  assert.equal(admission.admit("10.0.0.1"), "address_limit");
+  assert.equal(typeof admission.admit("10.0.0.2"), "function", "another address still gets in");
+});

@@ -57,7 +57,7 @@ function whenClosed(socket: net.Socket): Promise<string> {
 }
 
 describe("clients that say nothing, or nothing that is HTTP", { skip: SLOW_TRANSPORT }, () => {
-  test("400 silent clients from one address: no agent stream for any, 256 held to --header-timeout (408), the rest 503 at once, other clients served meanwhile", async () => {
+  test("400 silent clients from one address: no agent stream for any, half the slots held to --header-timeout (408), the rest 503 at once, other clients served meanwhile", async () => {
     // 300 slots: without the cap on heads pending from one address, these clients would take them all.
     const server = track(await startServer({ args: ["--header-timeout", "1s", "--admin-addr", "127.0.0.1:0", "--max-tunnels", "300"] }));
     const agent = track(await startAgent(server.quicPort, { args: ["--admin-addr", "127.0.0.1:0", "--max-tunnels", "100"] }));
@@ -94,13 +94,14 @@ describe("clients that say nothing, or nothing that is HTTP", { skip: SLOW_TRANS
     assert.equal(agentMetrics.get('quic_tunnel_tunnels_total{outcome="ok"}'), 1, "the agent saw only the real tunnel");
     assert.equal(agentMetrics.get("quic_tunnel_tunnels_active"), 0);
     const replies = await Promise.all(answers);
-    assert.equal(replies.filter((reply) => reply.startsWith("HTTP/1.1 408 Request Timeout\r\n")).length, 256);
+    // Half the slots (150) go to one address before the cap (a quarter of that) holds it off.
+    assert.equal(replies.filter((reply) => reply.startsWith("HTTP/1.1 408 Request Timeout\r\n")).length, 150);
     const capped = replies.filter((reply) =>
-      /^HTTP\/1\.1 503 [\s\S]*256 connections from 127\.0\.0\.1 are still sending their request head/.test(reply),
+      /^HTTP\/1\.1 503 [\s\S]*too many connections from 127\.0\.0\.1 are still sending their request head/.test(reply),
     );
-    assert.equal(capped.length, 144);
+    assert.equal(capped.length, 250);
     const serverMetrics = await roleMetrics(server);
-    assert.equal(serverMetrics.get('quic_tunnel_tunnels_total{outcome="timeout"}'), 256);
+    assert.equal(serverMetrics.get('quic_tunnel_tunnels_total{outcome="timeout"}'), 150);
   });
 
   test("300 silent TLS clients, some with part of a ClientHello or trickling one, and 50 silent Unix socket clients are closed at --header-timeout; curl is served meanwhile", async () => {
