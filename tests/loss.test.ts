@@ -110,8 +110,8 @@ for (const engine of ENGINES) {
       return { server, agent, relay };
     }
 
+    // 5% on a quiet node and on a busy one (2% adds nothing the 5% runs do not show, and time).
     for (const [loss, busy] of [
-      [0.02, false],
       [0.05, false],
       [0.05, true],
     ] as const) {

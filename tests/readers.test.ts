@@ -186,7 +186,12 @@ for (const engine of ENGINES) {
       for (let i = 0; i < 5; i++) assert.ok((await freshTunnel(server.tcpPort)) < 1_000, "a fresh tunnel at once");
     });
 
-    test("clients that half-close and never read give the connection's window back when --half-close-timeout ends them", async () => {
+    test("clients that half-close and never read give the connection's window back when --half-close-timeout ends them", {
+      skip:
+        engine === "node-quic"
+          ? "the window this guards is quiche 0.18's (the FIN's way to the agent is tested in e2e and pipe tests)"
+          : undefined,
+    }, async () => {
       // Each FIN comes right behind its request: it must reach the agent (it once was lost before
       // the pipe began), and both roles then end the quiet half-closed tunnels in order, so that
       // quiche 0.18 drops no unread bytes uncredited.
