@@ -17,12 +17,18 @@ import { ROOT, run, runtimeCommand, SLOW_TRANSPORT, scratchCerts, startAgent, st
 const track = trackProcesses();
 const target = httpTargetFixture();
 const MANIFESTS = join(ROOT, "deploy", "kubernetes");
+/** The manifests: the default set, and the high-availability variant in ha/. */
+const MANIFEST_FILES = ["", "ha"].flatMap((dir) =>
+  readdirSync(join(MANIFESTS, dir))
+    .filter((name) => name.endsWith(".yaml"))
+    .map((name) => join(dir, name)),
+);
 const ROLE_OF_CONTAINER: Record<string, string> = { server: "server.ts", agent: "agent.ts", "agent-tcp": "agent-tcp.ts" };
 
 /** Each container of the manifests with the flags its args pass (one `- --flag=value` per line). */
 function containerFlags(): Array<{ file: string; container: string; flags: string[] }> {
   const found: Array<{ file: string; container: string; flags: string[] }> = [];
-  for (const file of readdirSync(MANIFESTS).filter((name) => name.endsWith(".yaml"))) {
+  for (const file of MANIFEST_FILES) {
     let current: { file: string; container: string; flags: string[] } | undefined;
     let inArgs = false;
     for (const line of readFileSync(join(MANIFESTS, file), "utf8").split("\n")) {
@@ -43,6 +49,14 @@ function containerFlags(): Array<{ file: string; container: string; flags: strin
   }
   return found;
 }
+
+test("the high-availability server tells agents as many replicas as it runs", () => {
+  const server = readFileSync(join(MANIFESTS, "ha", "server.yaml"), "utf8");
+  const replicas = /^\s*replicas: (\d+)$/m.exec(server)?.[1];
+  assert.equal(/--server-count=(\d+)/.exec(server)?.[1], replicas, "--server-count is the Deployment's replicas");
+  assert.match(server, /--server-id=\$\(POD_NAME\)/, "each replica names itself");
+  assert.match(readFileSync(join(MANIFESTS, "ha", "agent.yaml"), "utf8"), /--agent-identifiers=host=\$\(NODE_NAME\)&ipv4=\$\(NODE_IP\)/);
+});
 
 test("every flag the Kubernetes manifests pass is in the role's --help", async () => {
   const containers = containerFlags();
