@@ -27,7 +27,7 @@ import {
   tunnelTimeouts,
 } from "./lib/ops/cli.ts";
 import { setupLogging } from "./lib/ops/log.ts";
-import { Counter, Registry } from "./lib/ops/metrics.ts";
+import { Counter, Histogram, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
 import { Agents } from "./lib/server/agents.ts";
@@ -195,6 +195,12 @@ const agents = new Agents({
 // Per client: a slot, the request head (unless agents are passthrough), a stream on the next agent
 // with room, then both ways until both sides are done.
 const tunnels = new Tunnels(registry, { role: "server", max: flags["max-tunnels"], log, maxBuffered: flags["max-buffered"] });
+const setupSeconds = new Histogram(
+  registry,
+  "quic_tunnel_connect_setup_seconds",
+  "Time from a client's accept to its agent's answer (tunnels that got one).",
+  [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15],
+);
 // Slots are taken from accept: one address that opens connections and sends nothing could take
 // them all for --header-timeout. Once many clients are still sending their request head (half the
 // slots, at most 1,024), one address may have only a quarter of that many, so a burst of one
@@ -257,6 +263,7 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
     tunnel.refuse("timeout", 504, `agent ${agent.peer} did not answer within ${flags["agent-answer-timeout"]} ms`);
     return;
   }
+  if (!passthrough) setupSeconds.observe(tunnel.ageSeconds);
   await tunnel.carry(stream, tunnelTimeouts(flags));
   agents.roomMade();
 }

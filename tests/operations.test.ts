@@ -192,6 +192,10 @@ describe("admin endpoint", { skip: SLOW_TRANSPORT }, () => {
     assert.ok((serverMetrics.get('quic_tunnel_tunnels_total{outcome="ok"}') ?? 0) >= 2);
     assert.ok((serverMetrics.get('quic_tunnel_bytes_total{direction="down"}') ?? 0) > 100);
     assert.equal(serverMetrics.get("quic_tunnel_tunnels_active"), 0);
+    // Both CONNECTs got the agent's answer (200, 502) and carried it: set-up and duration observed.
+    assert.equal(serverMetrics.get("quic_tunnel_connect_setup_seconds_count"), 2);
+    assert.ok((serverMetrics.get("quic_tunnel_connect_setup_seconds_sum") ?? 0) > 0);
+    assert.equal(serverMetrics.get("quic_tunnel_tunnel_duration_seconds_count"), 2);
     assert.ok([...serverMetrics.keys()].some((key) => key.startsWith("quic_tunnel_quic_rtt_seconds{peer=")));
     assert.ok([...serverMetrics.keys()].some((key) => key.startsWith("quic_tunnel_quic_cwnd_bytes{peer=")));
 

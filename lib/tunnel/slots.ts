@@ -8,7 +8,7 @@
  */
 import type { Duplex } from "node:stream";
 import type { Logger } from "../ops/log.ts";
-import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
+import { Counter, Gauge, Histogram, type Registry } from "../ops/metrics.ts";
 import { BufferBudget, BufferBudgetError } from "./budget.ts";
 import { replyAndClose } from "./connect.ts";
 import { abort, type PipeOptions, type PipeResult, pipeBoth } from "./pipe.ts";
@@ -55,6 +55,7 @@ export class Tunnels {
   readonly #ended: Counter;
   readonly #bytes: Counter;
   readonly #responses: Counter;
+  readonly #durations: Histogram;
   readonly #budget: BufferBudget;
   #count = 0;
   #idleWaiters: Array<() => void> = [];
@@ -80,6 +81,12 @@ export class Tunnels {
     for (const direction of ["up", "down"]) this.#bytes.inc({ direction }, 0);
     this.#responses = new Counter(registry, "quic_tunnel_connect_responses_total", "HTTP answers to CONNECT requests, by status code.");
     for (const code of [200, 400, 403, 405, 408, 431, 502, 503, 504, 508]) this.#responses.inc({ code }, 0);
+    this.#durations = new Histogram(
+      registry,
+      "quic_tunnel_tunnel_duration_seconds",
+      "How long tunnels that carried bytes lasted, from accept to end.",
+      [0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400],
+    );
   }
 
   /** Tunnels open now. */
@@ -123,6 +130,7 @@ export class Tunnels {
     if (result.bytes) {
       this.#bytes.inc({ direction: "up" }, result.bytes.sent);
       this.#bytes.inc({ direction: "down" }, result.bytes.received);
+      this.#durations.observe(tunnel.ageSeconds);
     }
     if (!tunnel.holdsSlot) return;
     this.#count--;
@@ -160,6 +168,11 @@ export class Tunnel {
     this.#fields = { tunnel: options.id, ...options.fields };
     // Errors of the peer are reported where they matter: reading the head, dialing, piping.
     peer.on("error", () => {});
+  }
+
+  /** Seconds since the tunnel was accepted. */
+  get ageSeconds(): number {
+    return (performance.now() - this.#started) / 1000;
   }
 
   /** Adds context for this tunnel's log lines (target, agent, stream ...). */
