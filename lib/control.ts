@@ -45,6 +45,8 @@ export interface AgentIdentity {
  * leaves the agent without any loop refusal.
  */
 const MAX_LINE = 64 * 1024;
+/** Room for the answer's `SERVER <id> <count>` line beside the listeners. */
+const MAX_SERVER_LINE = 128;
 
 /** One line read from a control stream: none when it ended, failed or ran long. */
 interface LineRead {
@@ -87,12 +89,13 @@ function readAnswer(stream: Duplex, timeoutMs: number): Promise<{ lines: string[
     const finish = (abandoned: boolean) => {
       clearTimeout(timer);
       stream.off("data", onData);
-      const complete = text.endsWith("\n") ? text.slice(0, -1) : "";
+      // Whole lines only: a timeout may cut the last one short.
+      const complete = text.slice(0, Math.max(0, text.lastIndexOf("\n")));
       resolve({ lines: complete ? complete.split("\n") : [], abandoned: abandoned && !complete });
     };
     const onData = (chunk: Buffer) => {
       text += chunk.toString("latin1");
-      if (text.length > MAX_LINE) {
+      if (text.length > MAX_LINE + MAX_SERVER_LINE) {
         text = "";
         finish(false);
       }
@@ -181,13 +184,24 @@ export async function announceAgent(connection: QuicConnection, options: { kind:
   return { listeners, server, abandoned: false };
 }
 
-/** Tells the server on `connection` who this agent is; a server that takes no such stream (the reference's) is left alone. */
-export async function identifyAgent(connection: QuicConnection, identity: AgentIdentity): Promise<void> {
+/**
+ * Tells the server on `connection` who this agent is. Our server reads the line and ends the
+ * stream; one that never does (the reference's, which takes no streams from agents) has the
+ * stream ended after `timeoutMs`, so that it does not count as a tunnel for ever.
+ */
+export async function identifyAgent(connection: QuicConnection, identity: AgentIdentity, options: { timeoutMs: number }): Promise<void> {
+  let stream: Duplex;
   try {
-    (await connection.openStream()).on("error", () => {}).end(`IDENTIFY ${identity.id} ${formatIdentifiers(identity.identifiers)}\n`);
+    stream = await connection.openStream();
   } catch {
-    // a server closing, or the reference's, which takes no streams from agents
+    return; // a server closing
   }
+  stream.on("error", () => {});
+  stream.end(`IDENTIFY ${identity.id} ${formatIdentifiers(identity.identifiers)}\n`);
+  stream.resume();
+  const timer = setTimeout(() => stream.destroy(), options.timeoutMs);
+  timer.unref?.();
+  stream.once("close", () => clearTimeout(timer));
 }
 
 /** Asks the server on `connection` to route no new tunnels here. */

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { Duplex } from "node:stream";
 import { test } from "node:test";
-import { type Announcement, announceAgent, parseControlLine, serveControlStream } from "../lib/control.ts";
+import { type Announcement, announceAgent, identifyAgent, parseControlLine, serveControlStream } from "../lib/control.ts";
+import { NO_IDENTIFIERS } from "../lib/identifiers.ts";
 import type { QuicConnection } from "../lib/transport/mod.ts";
+import { until } from "./wait.ts";
 
 test("control lines: an agent's hello with its kind, GOAWAY, and nothing else", () => {
   assert.deepEqual(parseControlLine("AGENT connect"), { type: "hello", kind: "connect" });
@@ -66,4 +68,18 @@ test("an answer from a server before --server-count, or with a bad SERVER line, 
 test("a server that never answers (the reference's) leaves the agent as it was; one that ends at once abandons it", async () => {
   assert.deepEqual(await announced(() => {}), { abandoned: false });
   assert.deepEqual(await announced((side) => void side.once("data", () => side.end())), { abandoned: true });
+});
+
+test("an answer cut short by the timeout keeps its whole lines", async () => {
+  const result = await announced((side) => {
+    side.once("data", () => side.write("LISTENERS 127.0.0.1:8443\nSERVER replica-"));
+  });
+  assert.deepEqual(result, { listeners: [{ host: "127.0.0.1", port: 8443 }], server: undefined, abandoned: false });
+});
+
+test("an identity stream the server never ends (the reference's) is ended after its timeout", async () => {
+  const [agentSide] = streamPair();
+  const connection = { openStream: async () => agentSide } as unknown as QuicConnection;
+  await identifyAgent(connection, { id: "node-a", identifiers: NO_IDENTIFIERS }, { timeoutMs: 50 });
+  await until(() => agentSide.destroyed, "the identity stream to be ended");
 });

@@ -55,6 +55,10 @@ test("the high-availability server tells agents as many replicas as it runs", ()
   const replicas = /^\s*replicas: (\d+)$/m.exec(server)?.[1];
   assert.equal(/--server-count=(\d+)/.exec(server)?.[1], replicas, "--server-count is the Deployment's replicas");
   assert.match(server, /--server-id=\$\(POD_NAME\)/, "each replica names itself");
+  for (const file of ["server.yaml", join("ha", "server.yaml")]) {
+    // Ready means "has an agent", and agents come in through this Service: it must reach replicas not ready yet.
+    assert.match(readFileSync(join(MANIFESTS, file), "utf8"), /type: LoadBalancer\n(?:\s*#.*\n)*\s*publishNotReadyAddresses: true/, file);
+  }
   assert.match(readFileSync(join(MANIFESTS, "ha", "agent.yaml"), "utf8"), /--agent-identifiers=host=\$\(NODE_NAME\)&ipv4=\$\(NODE_IP\)/);
 });
 

@@ -42,6 +42,11 @@ export class ServerAddresses {
     return this.#current.length;
   }
 
+  /** How many entries `--server` gave, each a name or an address. */
+  get given(): number {
+    return this.#given.length;
+  }
+
   /** The addresses now, for logs. */
   get list(): readonly HostPort[] {
     return this.#current;

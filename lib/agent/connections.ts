@@ -48,6 +48,17 @@ import { explainServerCertificate } from "./diagnose.ts";
 import type { ServerInfo } from "./loop-guard.ts";
 import { type Route, TransportChoice, type TransportMode } from "./transport-choice.ts";
 
+/**
+ * How many servers an agent holds a connection to (before the {@link MAX_SERVERS} cap): one per
+ * replica the servers announce and one per `--server` entry; while servers name none (the
+ * reference's), one per address the entries resolve to. Once they name themselves, a name's several
+ * addresses (dual stack, a balancer in several zones) are only places to dial: seats for them could
+ * find nothing but duplicates.
+ */
+export function seatsWanted(state: { identified: boolean; announced: number; given: number; resolved: number }): number {
+  return Math.max(state.announced, state.identified ? state.given : state.resolved);
+}
+
 /** One connection the agent keeps up with reconnects, and the server (by id) it reached. */
 interface Seat {
   readonly index: number;
@@ -103,6 +114,8 @@ const SCALE_AT = 0.5;
 const STABLE_AFTER_MS = 10_000;
 /** An extra connection idle this long is closed. */
 const EXTRA_IDLE_MS = 30_000;
+/** How long the server may take to read the agent's identity before its stream is ended. */
+const IDENTIFY_TIMEOUT_MS = 5_000;
 /** How long the server may take to answer the hello (the reference's server never answers). */
 const HELLO_TIMEOUT_MS = 1_000;
 /** Server replicas an agent holds connections to at most, whatever `--server-count` says. */
@@ -132,12 +145,16 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   const seats: Seat[] = [];
   /** The replicas the servers announced last (1 for servers that say none). */
   let announced = 1;
+  /** Whether servers name themselves: then seats follow their count, and addresses are where to dial. */
+  let identified = false;
+  /** After goAway(): no new connections, none redialed. */
+  let draining = false;
   /** Seats to hold: one per replica announced, and at least one per address. */
   let wanted = 1;
   const seated = () => seats.flatMap((seat) => (seat.connection ? [seat.connection] : []));
   /** Connections dialed under load beside the first, by the route each took (the first's). */
   const extras = new Map<QuicConnection, Route>();
-  /** Connections left for QUIC, closing once their last tunnel is done. */
+  /** Connections left for QUIC or found to duplicate another seat's, closing once their last tunnel is done. */
   const retiring = new Set<QuicConnection>();
   let dialing = 0;
   // A stop must not wait for a dial in flight (up to --handshake-timeout) or the backoff after it.
@@ -217,7 +234,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    */
   async function serve(connection: QuicConnection): Promise<Announcement> {
     // First, so that the server knows what this agent reaches by the time the hello lets it in.
-    if (options.identity) void identifyAgent(connection, options.identity);
+    if (options.identity) void identifyAgent(connection, options.identity, { timeoutMs: IDENTIFY_TIMEOUT_MS });
     const announcing = announceAgent(connection, { kind: options.kind, timeoutMs: HELLO_TIMEOUT_MS });
     const server: ServerInfo = {
       listeners: undefined,
@@ -235,6 +252,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
 
   /** Dials as many connections as keep the open ones (and those being dialed) below {@link SCALE_AT} full. */
   function scale(perConnection: number): void {
+    if (draining) return;
     const connections = serving();
     const used = connections.reduce((sum, c) => sum + c.streamCount, 0);
     const needed = Math.min(maxConnections, Math.ceil((used + 1) / (SCALE_AT * perConnection)));
@@ -328,6 +346,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    */
   function retire(connection: QuicConnection, reason: string): void {
     extras.delete(connection);
+    if (connection.closed) return;
     retiring.add(connection);
     let goAway: "unsent" | "sending" | "sent" = "unsent";
     let failures = 0;
@@ -361,15 +380,13 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   /** Another seat's connection to server `id`, if one holds it. */
   const holder = (seat: Seat, id: string) => seats.find((other) => other !== seat && other.serverId === id && other.connection);
 
-  /**
-   * Holds one seat per replica the servers announced and at least one per address (at most
-   * {@link MAX_SERVERS}); a seat beyond a smaller count leaves once its connection ends.
-   */
+  /** Holds {@link seatsWanted} seats; seats beyond a smaller count give their connections up. */
   function want(): void {
-    const count = Math.max(announced, options.addresses.size);
+    const count = seatsWanted({ identified, announced, given: options.addresses.given, resolved: options.addresses.size });
     if (count > MAX_SERVERS && wanted < MAX_SERVERS) log.warn("{count} servers to connect to; holding {max}", { count, max: MAX_SERVERS });
     wanted = Math.min(count, MAX_SERVERS);
-    for (let index = 0; index < wanted && !stopped; index++) {
+    for (const seat of seats.slice(wanted)) if (seat.connection) retire(seat.connection, "agent holds fewer servers now");
+    for (let index = 0; index < wanted && !stopped && !draining; index++) {
       if (!seats[index]) seats.push({ index, running: false });
       if (!seats[index].running) seatLoops.push(keepSeat(seats[index]));
     }
@@ -383,17 +400,17 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     const backoff = new Backoff(options.backoff);
     // Failed and duplicate dials move the seat on to the next address.
     let attempt = 0;
-    while (!stopped && seat.index < wanted) {
+    while (!stopped && !draining && seat.index < wanted) {
       const address = options.addresses.pick(seat.index, attempt);
-      const dialing = transports.routes()[0].name === "quic" ? formatHostPort(address) : server;
-      log.debug("dialing server {server}", { server: dialing });
+      const target = transports.routes()[0].name === "quic" ? formatHostPort(address) : server;
+      log.debug("dialing server {server}", { server: target });
       let dialed: Awaited<ReturnType<typeof dial>>;
       try {
         dialed = await dial(address);
       } catch (err) {
         attempt++;
         const delay = backoff.next();
-        log.warn("cannot connect to server {server}: {error}; retrying in {delay} ms", { server: dialing, error: err, delay });
+        log.warn("cannot connect to server {server}: {error}; retrying in {delay} ms", { server: target, error: err, delay });
         await sleep(delay);
         continue;
       }
@@ -429,8 +446,8 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       }
       seat.serverId = id;
       attempt = 0;
-      if (announcement.server && announcement.server.count !== announced) {
-        announced = announcement.server.count;
+      if (announcement.server && (!identified || announcement.server.count !== announced)) {
+        [identified, announced] = [true, announcement.server.count];
         want();
       }
       if (!connection.closed) {
@@ -496,6 +513,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       return { connected: new Set(connected).size, wanted };
     },
     async goAway() {
+      draining = true;
       await Promise.all(
         all().map((connection) =>
           sendGoAway(connection).catch((err) => log.warn("cannot tell the server to stop routing here: {error}", { error: err })),
@@ -572,9 +590,12 @@ export function registerConnectionMetrics(registry: Registry, agent: AgentHandle
   new Gauge(registry, "quic_tunnel_servers_connected", "Distinct server replicas (by server id) the agent is connected to.", () => [
     [{}, agent.servers.connected],
   ]);
-  new Gauge(registry, "quic_tunnel_servers_wanted", "Server replicas the servers announce (--server-count; 1 if they say none).", () => [
-    [{}, agent.servers.wanted],
-  ]);
+  new Gauge(
+    registry,
+    "quic_tunnel_servers_wanted",
+    "Servers the agent means to hold: the replicas they announce (--server-count), else one per --server address; at most 16.",
+    () => [[{}, agent.servers.wanted]],
+  );
   registerQuicMetrics(registry, () => agent.connections);
 }
 

@@ -36,3 +36,11 @@ test("a name that does not resolve is kept as given; a lookup that changes the c
   assert.equal(addresses.size, 2);
   assert.deepEqual(counts, [2]);
 });
+
+test("how many entries --server gave, apart from what they resolve to", async () => {
+  const addresses = new ServerAddresses([{ host: "replicas.test", port: 8888 }], { resolve: async () => ["10.0.0.2", "10.0.0.3"] });
+  await addresses.start();
+  addresses.stop();
+  assert.equal(addresses.size, 2);
+  assert.equal(addresses.given, 1);
+});
