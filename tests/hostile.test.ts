@@ -303,11 +303,14 @@ describe("limits count every tunnel from its accept", { skip: SLOW_TRANSPORT }, 
     silent.destroy();
 
     const second = track(await startServer());
-    track(await startAgent(second.quicPort, { args: ["--max-tunnels", "1", "--dial-timeout", "3s"] }));
-    // 10.255.255.1 does not answer here: the first tunnel sits in its dial.
+    const agent = track(
+      await startAgent(second.quicPort, { args: ["--max-tunnels", "1", "--dial-timeout", "3s", "--admin-addr", "127.0.0.1:0"] }),
+    );
+    // 10.255.255.1 does not answer here: the first tunnel sits in its dial, holding the slot.
     const dialing = net.connect({ port: second.tcpPort, host: "127.0.0.1" });
     dialing.on("error", () => {});
     dialing.write("CONNECT 10.255.255.1:9 HTTP/1.1\r\n\r\n");
+    await until(async () => (await roleMetrics(agent)).get("quic_tunnel_tunnels_active") === 1, "the agent to hold the dialing tunnel");
     const reply = await rawExchange(second.tcpPort, connectGet(target.port));
     assert.match(reply, /^HTTP\/1\.1 503 [\s\S]*agent tunnel limit \(1\) reached/);
     dialing.destroy();
