@@ -30,14 +30,13 @@ import { parseArgs } from "node:util";
 import { ensureDevCerts } from "./dev-certs.ts";
 import {
   agentArgs,
-  freePort,
   ROOT,
   type RoleProcess,
   run,
   runtimeCommand,
-  serverTlsArgs,
   spawnProcess,
   startAgent,
+  startReferenceServer,
   startServer,
 } from "./roles.ts";
 
@@ -531,17 +530,8 @@ async function measure(opts: Options): Promise<void> {
       setups.push({ name, port: relay.port, roles: [{ role: "server", pid: relay.child.pid as number }] });
     } else if (name === "reference") {
       const dir = opts.reference as string;
-      const [tcp, quic] = [await freePort("tcp"), await freePort("udp")];
-      const server = track(
-        spawnProcess(join(dir, "quic-server"), [
-          "--listen-tcp",
-          `127.0.0.1:${tcp}`,
-          "--listen-quic",
-          `127.0.0.1:${quic}`,
-          ...serverTlsArgs(certs),
-        ]),
-      );
-      await server.waitFor(/server started/);
+      const reference = await startReferenceServer(dir, certs);
+      const [server, tcp, quic] = [track(reference.server), reference.tcpPort, reference.quicPort];
       const agent = track(spawnProcess(join(dir, "quic-client"), agentArgs(`127.0.0.1:${quic}`, certs)));
       await waitForTunnel(tcp, targetPort, "reference");
       setups.push(roleSetup(name, tcp, server, agent));

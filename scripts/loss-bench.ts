@@ -16,7 +16,7 @@ import net from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startLossyRelay } from "../tests/harness.ts";
-import { agentArgs, freePort, type RoleProcess, run, scratchCerts, serverTlsArgs, spawnProcess, startAgent, startServer } from "./roles.ts";
+import { agentArgs, type RoleProcess, run, scratchCerts, spawnProcess, startAgent, startReferenceServer, startServer } from "./roles.ts";
 import { expectedSha256, sha256, startHttpTarget } from "./traffic.ts";
 
 const USAGE = `Usage: bun run scripts/loss-bench.ts [options] [-- flags for our server and agent]
@@ -189,16 +189,7 @@ async function startPathServer(name: string): Promise<{ server: RoleProcess; tcp
     const server = await startServer({ certs, engine: name as "quiche" | "node-quic", args: roleArgs });
     return { server, tcpPort: server.tcpPort, quicPort: server.quicPort };
   }
-  const [tcpPort, quicPort] = [await freePort("tcp"), await freePort("udp")];
-  const server = spawnProcess(join(values.reference as string, "quic-server"), [
-    "--listen-tcp",
-    `127.0.0.1:${tcpPort}`,
-    "--listen-quic",
-    `127.0.0.1:${quicPort}`,
-    ...serverTlsArgs(certs),
-  ]);
-  await server.waitFor(/server started/);
-  return { server, tcpPort, quicPort };
+  return startReferenceServer(values.reference as string, certs);
 }
 
 function startPathAgent(name: string, port: number): Promise<RoleProcess> | RoleProcess {

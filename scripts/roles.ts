@@ -195,6 +195,23 @@ export async function startServer(
   });
 }
 
+/** Starts the Go reference's quic-server from `dir` on free loopback ports; resolves once it listens. */
+export async function startReferenceServer(
+  dir: string,
+  certs: Pick<DevCertPaths, "ca" | "serverCert" | "serverKey">,
+): Promise<{ server: RoleProcess; tcpPort: number; quicPort: number }> {
+  const [tcpPort, quicPort] = [await freePort("tcp"), await freePort("udp")];
+  const server = spawnProcess(join(dir, "quic-server"), [
+    "--listen-tcp",
+    `127.0.0.1:${tcpPort}`,
+    "--listen-quic",
+    `127.0.0.1:${quicPort}`,
+    ...serverTlsArgs(certs),
+  ]);
+  await server.waitFor(/server started/);
+  return { server, tcpPort, quicPort };
+}
+
 /** Starts agent.ts (or agent-tcp.ts) against `quicPort`; waits for the connection unless told not to. */
 export async function startAgent(
   quicPort: number,

@@ -7,11 +7,11 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { httpTargetFixture, trackProcesses } from "./fixtures.ts";
 import {
+  curlDownload,
   expectedSha256,
   freePort,
   rawExchange,
   roleMetrics,
-  run,
   type ServerProcess,
   SLOW_TRANSPORT,
   sha256,
@@ -53,21 +53,7 @@ describe("several servers", { skip: SLOW_TRANSPORT }, () => {
     for (const server of servers) assert.match(await hello(server), /hello through the tunnel/, "a client of every replica is served");
 
     // A download through replica 0 while replica 1 dies: it finishes intact, replica 2 still serves.
-    const download = run(
-      "curl",
-      [
-        "-sS",
-        "--max-time",
-        "60",
-        "--limit-rate",
-        "8M",
-        "-p",
-        "--proxy",
-        `127.0.0.1:${servers[0].tcpPort}`,
-        `http://127.0.0.1:${target.port}/mib/16`,
-      ],
-      { timeoutMs: 70_000 },
-    );
+    const download = curlDownload(servers[0].tcpPort, target.port, { mib: 16, rate: "8M" });
     await until(async () => ((await roleMetrics(servers[0])).get("quic_tunnel_tunnels_active") ?? 0) >= 1, "the download to start");
     await servers[1].stop("SIGKILL");
     await until(async () => (await roleMetrics(agent)).get("quic_tunnel_servers_connected") === 2, "the agent to notice", {

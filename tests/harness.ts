@@ -168,6 +168,19 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
   };
 }
 
+/** curl's flags for a transfer through the tunnel server at `proxyPort`, at `rate` if given. */
+function curlThrough(proxyPort: number, rate?: string): string[] {
+  return ["-sS", "--max-time", "60", ...(rate ? ["--limit-rate", rate] : []), "-p", "--proxy", `127.0.0.1:${proxyPort}`];
+}
+
+/**
+ * Downloads `mib` MiB from the HTTP target at `targetPort` with curl through the tunnel server at
+ * `proxyPort`; `rate` (curl's `--limit-rate`) keeps it in flight while a test changes something.
+ */
+export function curlDownload(proxyPort: number, targetPort: number, options: { mib: number; rate?: string }): ReturnType<typeof run> {
+  return run("curl", [...curlThrough(proxyPort, options.rate), `http://127.0.0.1:${targetPort}/mib/${options.mib}`], { timeoutMs: 70_000 });
+}
+
 /** A download and an upload through the tunnel, and whether both arrived whole. */
 export interface BothWays {
   down: Awaited<ReturnType<typeof run>>;
@@ -189,8 +202,7 @@ export async function transferBothWays(
 ): Promise<BothWays> {
   const upload = Buffer.alloc(options.mib << 20, 0x3c);
   const [command, ...prefix] = [...(options.prefix ?? []), "curl"];
-  const rate = options.rate ? ["--limit-rate", options.rate] : [];
-  const curl = [...prefix, "-sS", "--max-time", "60", ...rate, "-p", "--proxy", `127.0.0.1:${proxyPort}`];
+  const curl = [...prefix, ...curlThrough(proxyPort, options.rate)];
   const [down, up] = await Promise.all([
     run(command, [...curl, `http://127.0.0.1:${targetPort}/mib/${options.mib}`], { timeoutMs: 70_000 }),
     run(command, [...curl, "-H", "Expect:", "--data-binary", "@-", `http://127.0.0.1:${targetPort}/`], {

@@ -14,6 +14,7 @@ import { rssMb, trackProcesses } from "./fixtures.ts";
 import {
   adminGet,
   agentArgs,
+  curlDownload,
   expectedSha256,
   roleMetrics,
   run,
@@ -124,23 +125,7 @@ describe("transports: TCP, a proxy, and auto", { skip: SLOW_TRANSPORT ?? tcpUnsu
       await bothWays(server.tcpPort);
 
       // A download slow enough to be in flight when the agent moves back to QUIC.
-      const download = run(
-        "curl",
-        [
-          "-sS",
-          "--max-time",
-          "60",
-          "--limit-rate",
-          "8M",
-          "-p",
-          "--proxy",
-          `127.0.0.1:${server.tcpPort}`,
-          `http://127.0.0.1:${target.port}/mib/32`,
-        ],
-        {
-          timeoutMs: 70_000,
-        },
-      );
+      const download = curlDownload(server.tcpPort, target.port, { mib: 32, rate: "8M" });
       await until(async () => ((await roleMetrics(server)).get("quic_tunnel_tunnels_active") ?? 0) >= 1, "the download to start");
       await relay.setLoss(0);
       let downloaded = false;

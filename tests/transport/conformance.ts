@@ -86,6 +86,38 @@ const ignore = () => {};
 const digest = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
 
+/**
+ * Writes 64 KiB chunks into `stream` until its writer stalls (nothing taken for 100 ms) or 4 MiB
+ * are taken; resolves with the bytes taken.
+ */
+async function writeUntilStalled(stream: QuicStream, what: string): Promise<number> {
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  let accepted = 0;
+  let lastChange = Date.now();
+  const pump = () => {
+    while (!stream.destroyed && stream.write(chunk, () => ([accepted, lastChange] = [accepted + chunk.length, Date.now()])));
+    if (!stream.destroyed) stream.once("drain", pump);
+  };
+  pump();
+  await until(() => Date.now() - lastChange > 100 || accepted > 4 << 20, `${what} to stall`, { timeoutMs: 10_000, intervalMs: 5 });
+  return accepted;
+}
+
+/** A fresh stream from `opener` carries 2 MiB intact to the peer, whose streams arrive in `incoming`. */
+async function freshStreamCarries(opener: QuicConnection, incoming: QuicStream[]): Promise<void> {
+  const fresh = await opener.openStream();
+  const arrived = until(() => incoming.find((stream) => stream.id === fresh.id), "the fresh stream to arrive", { timeoutMs: 5_000 });
+  const payload = randomBytes(2 << 20);
+  const sent = sendAll(fresh, payload);
+  const received = collect(await arrived);
+  const { sha256 } = await Promise.race([
+    received,
+    pause(10_000).then(() => assert.fail("the fresh stream stalled: the aborted streams kept the connection's window")),
+  ]);
+  await sent;
+  assert.equal(sha256, digest(payload));
+}
+
 /** Registers the conformance tests for `engine` (client and server both of that engine). */
 export function conformanceSuite(engine: QuicEngine, options: { skip?: string } = {}): void {
   describe(`transport engine ${engine.name}`, { skip: options.skip }, () => {
@@ -777,34 +809,13 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
       const { client, serverSide } = await pair({ client: { connectionWindow: 8 << 20, streamWindow: 1 << 20 } });
       const incoming: QuicStream[] = [];
       client.on("stream", (stream) => incoming.push(stream));
-      const chunk = Buffer.alloc(64 * 1024, 7);
       for (let i = 0; i < 24; i++) {
         const stream = (await serverSide.openStream()).on("error", ignore);
-        let accepted = 0;
-        let lastChange = Date.now();
-        const pump = () => {
-          while (!stream.destroyed && stream.write(chunk, () => ([accepted, lastChange] = [accepted + chunk.length, Date.now()])));
-          if (!stream.destroyed) stream.once("drain", pump);
-        };
-        pump();
         // The client side never reads: the writer stalls once quiche, or the engine, holds enough.
-        await until(() => Date.now() - lastChange > 100 || accepted > 4 << 20, `stream ${i} to stall`, {
-          timeoutMs: 10_000,
-          intervalMs: 5,
-        });
+        await writeUntilStalled(stream, `stream ${i}`);
         stream.destroy();
       }
-      const fresh = await serverSide.openStream();
-      const arrived = until(() => incoming.find((stream) => stream.id === fresh.id), "the fresh stream to arrive", { timeoutMs: 5_000 });
-      const payload = randomBytes(2 << 20);
-      const sent = sendAll(fresh, payload);
-      const received = collect(await arrived);
-      const { sha256 } = await Promise.race([
-        received,
-        pause(10_000).then(() => assert.fail("the fresh stream stalled: the aborted streams kept the connection's window")),
-      ]);
-      await sent;
-      assert.equal(sha256, digest(payload));
+      await freshStreamCarries(serverSide, incoming);
       client.close();
     });
 
@@ -819,7 +830,6 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
         incoming.push(stream.on("error", ignore));
         stream.end();
       });
-      const chunk = Buffer.alloc(64 * 1024, 7);
       for (let i = 0; i < 24; i++) {
         const stream = (await serverSide.openStream()).on("error", ignore);
         let finRead = false;
@@ -827,17 +837,7 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
           finRead = true;
         });
         stream.resume();
-        let accepted = 0;
-        let lastChange = Date.now();
-        const pump = () => {
-          while (!stream.destroyed && stream.write(chunk, () => ([accepted, lastChange] = [accepted + chunk.length, Date.now()])));
-          if (!stream.destroyed) stream.once("drain", pump);
-        };
-        pump();
-        await until(() => Date.now() - lastChange > 100 || accepted > 4 << 20, `stream ${i} to stall`, {
-          timeoutMs: 10_000,
-          intervalMs: 5,
-        });
+        const accepted = await writeUntilStalled(stream, `stream ${i}`);
         await until(
           () => finRead,
           `stream ${i} to bring the client's FIN (it has not arrived if the window is gone: ${accepted} bytes taken)`,
@@ -847,17 +847,7 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
         setTimeout(() => reader.destroy(), 50);
       }
       await pause(100);
-      const fresh = await serverSide.openStream();
-      const arrived = until(() => incoming.find((stream) => stream.id === fresh.id), "the fresh stream to arrive", { timeoutMs: 5_000 });
-      const payload = randomBytes(2 << 20);
-      const sent = sendAll(fresh, payload);
-      const received = collect(await arrived);
-      const { sha256 } = await Promise.race([
-        received,
-        pause(10_000).then(() => assert.fail("the fresh stream stalled: the aborted streams kept the connection's window")),
-      ]);
-      await sent;
-      assert.equal(sha256, digest(payload));
+      await freshStreamCarries(serverSide, incoming);
       client.close();
     });
 
