@@ -64,6 +64,8 @@ interface Seat {
   readonly index: number;
   /** While its loop runs. */
   running: boolean;
+  /** The QUIC address the seat dials now (one of `--server`'s). */
+  address?: HostPort;
   connection?: QuicConnection;
   route?: Route;
   serverId?: string;
@@ -140,7 +142,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   let stopped = false;
   /**
    * The connections kept up with reconnects: one per server replica. The first seat's route is
-   * the agent's transport; extras dial it.
+   * the agent's transport; extras dial a connected seat's route, to the address it dialed.
    */
   const seats: Seat[] = [];
   /** The replicas the servers announced last (1 for servers that say none). */
@@ -259,9 +261,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     for (let count = connections.length + dialing; count < needed && !stopped; count++) void dialExtra();
   }
 
-  /** Dials one more connection over the first's route: only the first chooses the transport. */
+  /** Dials one more connection over a connected seat's route: only seats choose the transport. */
   async function dialExtra(): Promise<void> {
-    const route = seats[0]?.route;
+    const route = seats.find((seat) => seat.connection && seat.route)?.route;
     if (!route) return;
     dialing++;
     try {
@@ -323,7 +325,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       if (stopped || seat.connection !== connection || connection.closed) return;
       let quic: QuicConnection | undefined;
       try {
-        quic = await dialOver(transports.quic);
+        quic = await dialOver(quicTo(seat));
       } catch (err) {
         log.debug("QUIC to server {server} still fails: {error}", { server: named(transports.quic), error: err });
         continue;
@@ -377,6 +379,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     });
   }
 
+  /** The QUIC route to the address `seat` dials (the route as given until it has one). */
+  const quicTo = (seat: Seat): Route => (seat.address ? { ...transports.quic, server: seat.address } : transports.quic);
+
   /** Another seat's connection to server `id`, if one holds it. */
   const holder = (seat: Seat, id: string) => seats.find((other) => other !== seat && other.serverId === id && other.connection);
 
@@ -402,6 +407,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     let attempt = 0;
     while (!stopped && !draining && seat.index < wanted) {
       const address = options.addresses.pick(seat.index, attempt);
+      seat.address = address;
       const target = transports.routes()[0].name === "quic" ? formatHostPort(address) : server;
       log.debug("dialing server {server}", { server: target });
       let dialed: Awaited<ReturnType<typeof dial>>;
@@ -418,7 +424,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       let { connection, route } = dialed;
       const where = route.name === "quic" ? formatHostPort(address) : named(route);
       if (seat.index === 0) server = where;
-      [seat.connection, seat.route] = [connection, route];
+      [seat.connection, seat.route] = [connection, route.name === "quic" ? quicTo(seat) : route];
       const since = Date.now();
       // Listened for at once: the close may come before the hello is answered.
       const closedOnce = (c: QuicConnection) => new Promise<QuicError | undefined>((resolve) => c.once("close", resolve));
@@ -465,7 +471,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
           error = outcome.closeError;
           break;
         }
-        [connection, route] = [outcome.quic, transports.quic];
+        [connection, route] = [outcome.quic, quicTo(seat)];
         [seat.connection, seat.route] = [connection, route];
         closed = closedOnce(connection);
         if (seat.index === 0) server = named(route);
