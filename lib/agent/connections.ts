@@ -16,7 +16,7 @@
  * agent then keeps one seat per replica, each a connection of its own (its own UDP port, so that
  * a balancer hashing flows spreads them), and a seat whose connection lands on a server another
  * seat holds closes it and dials again after its backoff. The reference's server says nothing: one
- * seat, as the reference's agent does.
+ * seat per `--server` address (see {@link seatsWanted}).
  *
  * @module
  */
@@ -79,7 +79,7 @@ export interface AgentOptions {
   identity?: AgentIdentity;
   /** The ways to the server, and which to take. */
   transports: TransportChoice;
-  /** The QUIC addresses of the server (`--server`), one seat each at least. */
+  /** The QUIC addresses of the server (`--server`), where seats dial. */
   addresses: ServerAddresses;
   serverName: string;
   /** The certificates for the next connection attempt (they may be reloaded between attempts). */
@@ -95,7 +95,7 @@ export interface AgentOptions {
 export interface AgentHandle {
   /** The connections to the server, the first (kept up with reconnects) first. */
   readonly connections: readonly QuicConnection[];
-  /** Distinct servers (by id) connected now, and how many the servers say there are. */
+  /** Distinct servers (by id) connected now, and how many the agent means to hold ({@link seatsWanted}). */
   readonly servers: { connected: number; wanted: number };
   /** The transport of the first connection (`quic` or `tcp`), while there is one. */
   readonly transport: Route["name"] | undefined;
@@ -151,10 +151,10 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   let identified = false;
   /** After goAway(): no new connections, none redialed. */
   let draining = false;
-  /** Seats to hold: one per replica announced, and at least one per address. */
+  /** Seats to hold: {@link seatsWanted}, at most {@link MAX_SERVERS}. */
   let wanted = 1;
   const seated = () => seats.flatMap((seat) => (seat.connection ? [seat.connection] : []));
-  /** Connections dialed under load beside the first, by the route each took (the first's). */
+  /** Connections dialed under load beside the seats, by the route each took (a seat's). */
   const extras = new Map<QuicConnection, Route>();
   /** Connections left for QUIC or found to duplicate another seat's, closing once their last tunnel is done. */
   const retiring = new Set<QuicConnection>();
@@ -204,17 +204,19 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
 
   /**
    * Dials a seat's connection over the preferred route and, with `--transport auto`, over the
-   * other when that fails; the route that worked is preferred from then on. QUIC goes to `quic`,
-   * the seat's address of the moment. Rejects with the last route's error.
+   * other when that fails; the route that worked is preferred from then on. QUIC goes over `quic`,
+   * the route to the seat's address of the moment, which is what it resolves with. Rejects with
+   * the last route's error.
    */
-  const dial = async (quic: HostPort): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
+  const dial = async (quic: Route): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
     const routes = transports.routes();
     for (const [index, route] of routes.entries()) {
       try {
-        const connection = await dialOver(route.name === "quic" ? { ...route, server: quic } : route);
+        const dialed = route.name === "quic" ? quic : route;
+        const connection = await dialOver(dialed);
         if (!connection) return undefined;
         transports.connected(route);
-        return { connection, route };
+        return { connection, route: dialed };
       } catch (err) {
         await explainFailure(route, err as Error);
         if (index === routes.length - 1) throw err;
@@ -406,13 +408,12 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     // Failed and duplicate dials move the seat on to the next address.
     let attempt = 0;
     while (!stopped && !draining && seat.index < wanted) {
-      const address = options.addresses.pick(seat.index, attempt);
-      seat.address = address;
-      const target = transports.routes()[0].name === "quic" ? formatHostPort(address) : server;
+      seat.address = options.addresses.pick(seat.index, attempt);
+      const target = transports.routes()[0].name === "quic" ? formatHostPort(seat.address) : server;
       log.debug("dialing server {server}", { server: target });
       let dialed: Awaited<ReturnType<typeof dial>>;
       try {
-        dialed = await dial(address);
+        dialed = await dial(quicTo(seat));
       } catch (err) {
         attempt++;
         const delay = backoff.next();
@@ -422,9 +423,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       }
       if (!dialed) break;
       let { connection, route } = dialed;
-      const where = route.name === "quic" ? formatHostPort(address) : named(route);
+      const where = named(route);
       if (seat.index === 0) server = where;
-      [seat.connection, seat.route] = [connection, route.name === "quic" ? quicTo(seat) : route];
+      [seat.connection, seat.route] = [connection, route];
       const since = Date.now();
       // Listened for at once: the close may come before the hello is answered.
       const closedOnce = (c: QuicConnection) => new Promise<QuicError | undefined>((resolve) => c.once("close", resolve));
