@@ -7,7 +7,7 @@
  * @module
  */
 import ipaddr from "ipaddr.js";
-import { dialAddress } from "./tunnel/address.ts";
+import { type DialAddress, dialAddress } from "./tunnel/address.ts";
 
 /** What a server or agent id may be: a short token, so that it fits a log line and a metric label. */
 export const ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
@@ -49,10 +49,23 @@ export function formatIdentifiers(identifiers: AgentIdentifiers): string {
   return params.toString();
 }
 
-/** True when `host` (a CONNECT target's host, a name or an IP literal) is one `identifiers` announced. */
-export function announces(identifiers: AgentIdentifiers, host: string): boolean {
-  const address = dialAddress(host);
-  if (!address) return identifiers.hosts.includes(host.toLowerCase());
+/** A CONNECT target's host as agents' identifiers are matched against it: read once per CONNECT. */
+export interface Destination {
+  /** The host as written, lower case. */
+  name: string;
+  /** The IP, when the host is a literal. */
+  address: DialAddress | undefined;
+}
+
+/** The {@link Destination} of a CONNECT target's host (a name or an IP literal). */
+export function destination(host: string): Destination {
+  return { name: host.toLowerCase(), address: dialAddress(host) };
+}
+
+/** True when `target` is one `identifiers` announced: by name, by address, or in a CIDR. */
+export function announces(identifiers: AgentIdentifiers, target: Destination): boolean {
+  const { address } = target;
+  if (!address) return identifiers.hosts.includes(target.name);
   return (
     identifiers.addresses.includes(address.ip) ||
     identifiers.hosts.includes(address.ip) ||

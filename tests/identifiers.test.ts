@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { announces, formatIdentifiers, parseIdentifiers } from "../lib/identifiers.ts";
+import { announces, destination, formatIdentifiers, parseIdentifiers } from "../lib/identifiers.ts";
 
 test("Konnectivity's --agent-identifiers syntax: hosts, addresses, CIDRs and the default route", () => {
   const identifiers = parseIdentifiers(
@@ -22,6 +22,7 @@ test("what cannot be read is named", () => {
 test("a target is announced by its name, its address in any spelling, or a CIDR that holds it", () => {
   const identifiers = parseIdentifiers("host=node-3&ipv4=10.0.3.7&cidr=10.0.4.0/24&cidr=fd00:4::/64");
   for (const host of ["node-3", "NODE-3", "10.0.3.7", "::ffff:10.0.3.7", "10.0.4.200", "fd00:4::9"])
-    assert.ok(announces(identifiers, host), host);
-  for (const host of ["node-4", "10.0.3.8", "10.0.5.1", "fd00:5::1", "node-3.other"]) assert.ok(!announces(identifiers, host), host);
+    assert.ok(announces(identifiers, destination(host)), host);
+  for (const host of ["node-4", "10.0.3.8", "10.0.5.1", "fd00:5::1", "node-3.other"])
+    assert.ok(!announces(identifiers, destination(host)), host);
 });

@@ -8,7 +8,7 @@
 import type { X509Certificate } from "node:crypto";
 import { type AgentIdentity, type AgentKind, type ServerIdentity, serveControlStream } from "../control.ts";
 import type { HostPort } from "../hostport.ts";
-import { formatIdentifiers, NO_IDENTIFIERS } from "../identifiers.ts";
+import { destination, formatIdentifiers, NO_IDENTIFIERS } from "../identifiers.ts";
 import { type Logger, LogThrottle } from "../ops/log.ts";
 import { Counter, Gauge, type Registry } from "../ops/metrics.ts";
 import { AGENT_NOT_ALLOWED } from "../protocol.ts";
@@ -186,8 +186,9 @@ export class Agents {
    */
   async openStream(options: { waitMs: number; host?: string }): Promise<AgentChoice> {
     if (this.#pool.size === 0) return { stream: undefined, reason: "no agent is connected to the tunnel server" };
+    const target = options.host === undefined ? undefined : destination(options.host);
     for (const strategy of this.#options.strategies) {
-      const accept = (agent: QuicConnection) => allows(strategy, this.#identities.get(agent)?.identifiers ?? NO_IDENTIFIERS, options.host);
+      const accept = (agent: QuicConnection) => allows(strategy, this.#identities.get(agent)?.identifiers ?? NO_IDENTIFIERS, target);
       if (!this.#pool.agents.some(accept)) continue;
       const opened = await this.#pool.openStream({ waitMs: options.waitMs, accept });
       if (opened.stream === undefined) {

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { type AgentIdentifiers, announces } from "../identifiers.ts";
+import { type AgentIdentifiers, announces, type Destination } from "../identifiers.ts";
 
 /** One strategy's name. */
 export type Strategy = "destHost" | "defaultRoute" | "default";
@@ -26,9 +26,9 @@ export function parseStrategies(text: string): Strategy[] {
   return strategies as Strategy[];
 }
 
-/** Whether `strategy` lets an agent with `identifiers` carry a CONNECT to `host` (undefined: no head, passthrough). */
-export function allows(strategy: Strategy, identifiers: AgentIdentifiers, host: string | undefined): boolean {
+/** Whether `strategy` lets an agent with `identifiers` carry a CONNECT to `target` (undefined: no head, passthrough). */
+export function allows(strategy: Strategy, identifiers: AgentIdentifiers, target: Destination | undefined): boolean {
   if (strategy === "default") return true;
   if (strategy === "defaultRoute") return identifiers.defaultRoute;
-  return host !== undefined && announces(identifiers, host);
+  return target !== undefined && announces(identifiers, target);
 }
