@@ -100,12 +100,21 @@ export interface UdpBalancer {
   stop(): Promise<void>;
 }
 
-/** Starts a UDP balancer on loopback that sends each new flow to one of `targetPorts` at random. */
-export async function startUdpBalancer(targetPorts: number[]): Promise<UdpBalancer> {
-  const [command, base] = runtimeCommand("tests/fixtures/udp-balancer.ts", relayRuntime());
-  const child = spawn(command, [...base, "--target-ports", targetPorts.join(",")], { stdio: ["pipe", "pipe", "inherit"], cwd: ROOT });
+/**
+ * Starts a UDP fixture (tests/fixtures/`name`.ts) that takes commands on stdin and answers each
+ * with a line; resolves once it printed the port it listens on.
+ */
+async function startUdpFixture(name: string, args: string[]) {
+  const [command, base] = runtimeCommand(`tests/fixtures/${name}.ts`, relayRuntime());
+  const child = spawn(command, [...base, ...args], { stdio: ["pipe", "pipe", "inherit"], cwd: ROOT });
   const nextLine = linesOf(child);
   const port = Number(/listening (\d+)/.exec(await nextLine())?.[1]);
+  return { child, nextLine, port };
+}
+
+/** Starts a UDP balancer on loopback that sends each new flow to one of `targetPorts` at random. */
+export async function startUdpBalancer(targetPorts: number[]): Promise<UdpBalancer> {
+  const { child, nextLine, port } = await startUdpFixture("udp-balancer", ["--target-ports", targetPorts.join(",")]);
   return {
     port,
     async flows() {
@@ -130,24 +139,16 @@ export interface LossyRelay {
 
 /** Starts a lossy relay to `targetPort` on loopback, dropping `loss` of the datagrams each way. */
 export async function startLossyRelay(targetPort: number, options: { loss: number; delayMs?: number; seed?: number }): Promise<LossyRelay> {
-  const [command, base] = runtimeCommand("tests/fixtures/lossy-relay.ts", relayRuntime());
-  const child = spawn(
-    command,
-    [
-      ...base,
-      "--target-port",
-      String(targetPort),
-      "--loss",
-      String(options.loss),
-      "--delay-ms",
-      String(options.delayMs ?? 0),
-      "--seed",
-      String(options.seed ?? 42),
-    ],
-    { stdio: ["pipe", "pipe", "inherit"], cwd: ROOT },
-  );
-  const nextLine = linesOf(child);
-  const port = Number(/listening (\d+)/.exec(await nextLine())?.[1]);
+  const { child, nextLine, port } = await startUdpFixture("lossy-relay", [
+    "--target-port",
+    String(targetPort),
+    "--loss",
+    String(options.loss),
+    "--delay-ms",
+    String(options.delayMs ?? 0),
+    "--seed",
+    String(options.seed ?? 42),
+  ]);
   return {
     port,
     async stats() {
