@@ -79,19 +79,34 @@ function readLine(stream: Duplex, timeoutMs: number): Promise<LineRead> {
   });
 }
 
+/** Lines read from a control stream's answer. */
+interface AnswerRead {
+  lines: string[];
+  abandoned: boolean;
+  /** The answer is all there is: the stream ended, failed or ran long. */
+  complete: boolean;
+}
+
 /**
  * Reads what the server answers on a control stream, up to its end (it ends the stream after its
- * answer): the lines, none when it ended, failed or ran long, or when `timeoutMs` passed first.
+ * answer): the lines, none when it ended, failed or ran long. `early` settles with what came
+ * within `timeoutMs`, `final` when the answer is complete or `lateMs` passed.
  */
-function readAnswer(stream: Duplex, timeoutMs: number): Promise<{ lines: string[]; abandoned: boolean }> {
-  return new Promise((resolve) => {
-    let text = "";
+function readAnswer(
+  stream: Duplex,
+  options: { timeoutMs: number; lateMs: number },
+): { early: Promise<AnswerRead>; final: Promise<AnswerRead> } {
+  let text = "";
+  // Whole lines only: a timeout may cut the last one short.
+  const read = (abandoned: boolean, complete: boolean): AnswerRead => {
+    const whole = text.slice(0, Math.max(0, text.lastIndexOf("\n")));
+    return { lines: whole ? whole.split("\n") : [], abandoned: abandoned && !whole, complete };
+  };
+  const final = new Promise<AnswerRead>((resolve) => {
     const finish = (abandoned: boolean) => {
       clearTimeout(timer);
       stream.off("data", onData);
-      // Whole lines only: a timeout may cut the last one short.
-      const complete = text.slice(0, Math.max(0, text.lastIndexOf("\n")));
-      resolve({ lines: complete ? complete.split("\n") : [], abandoned: abandoned && !complete });
+      resolve(read(abandoned, true));
     };
     const onData = (chunk: Buffer) => {
       text += chunk.toString("latin1");
@@ -100,11 +115,22 @@ function readAnswer(stream: Duplex, timeoutMs: number): Promise<{ lines: string[
         finish(false);
       }
     };
-    const timer = setTimeout(() => finish(false), timeoutMs);
+    const timer = setTimeout(() => finish(false), options.lateMs);
+    timer.unref?.();
     stream.on("error", () => finish(true));
     stream.on("data", onData);
     stream.once("end", () => finish(true));
   });
+  let early: ReturnType<typeof setTimeout> | undefined;
+  return {
+    early: Promise.race([
+      final,
+      new Promise<AnswerRead>((resolve) => {
+        early = setTimeout(() => resolve(read(false, false)), options.timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(early)),
+    final,
+  };
 }
 
 /** Which server replica answered, of how many (`--server-id`, `--server-count`). */
@@ -155,21 +181,18 @@ export interface Announcement {
    * going away (the agent then waits for the close before it calls itself connected).
    */
   abandoned: boolean;
+  /**
+   * When the answer was not complete within the timeout (a slow or lossy path; the reference's
+   * server never answers): the whole answer, should it come later.
+   */
+  late?: Promise<Announcement>;
 }
 
-/** Tells the server on `connection` what kind of agent this is, and resolves with its answer. */
-export async function announceAgent(connection: QuicConnection, options: { kind: AgentKind; timeoutMs: number }): Promise<Announcement> {
-  let stream: Duplex;
-  try {
-    stream = await connection.openStream();
-  } catch {
-    // A server that cannot take the stream: it is closing, or it is the reference, which takes none.
-    return { abandoned: true };
-  }
-  stream.on("error", () => {});
-  stream.write(`AGENT ${options.kind}\n`);
-  const { lines, abandoned } = await readAnswer(stream, options.timeoutMs);
-  stream.destroy();
+/** How long a hello's answer is still read after the agent went on without it. */
+const LATE_ANSWER_MS = 30_000;
+
+/** What `lines` of a hello's answer say. */
+function announcement({ lines, abandoned }: AnswerRead): Announcement {
   const listed = /^LISTENERS ?(.*)$/.exec(lines[0] ?? "");
   if (!listed) return { abandoned };
   const listeners = listed[1]
@@ -185,11 +208,33 @@ export async function announceAgent(connection: QuicConnection, options: { kind:
 }
 
 /**
- * Tells the server on `connection` who this agent is. Our server reads the line and ends the
- * stream; one that never does (the reference's, which takes no streams from agents) has the
- * stream ended after `timeoutMs`, so that it does not count as a tunnel for ever.
+ * Tells the server on `connection` what kind of agent this is, and resolves with its answer, or
+ * what of it came within `timeoutMs` (and the rest as {@link Announcement.late}).
  */
-export async function identifyAgent(connection: QuicConnection, identity: AgentIdentity, options: { timeoutMs: number }): Promise<void> {
+async function announceAgent(connection: QuicConnection, options: { kind: AgentKind; timeoutMs: number }): Promise<Announcement> {
+  let stream: Duplex;
+  try {
+    stream = await connection.openStream();
+  } catch {
+    // A server that cannot take the stream: it is closing, or it is the reference, which takes none.
+    return { abandoned: true };
+  }
+  stream.on("error", () => {});
+  stream.write(`AGENT ${options.kind}\n`);
+  const { early, final } = readAnswer(stream, { timeoutMs: options.timeoutMs, lateMs: LATE_ANSWER_MS });
+  void final.then(() => stream.destroy());
+  const first = await early;
+  const answer = announcement(first);
+  return first.complete || answer.server ? answer : { ...answer, late: final.then(announcement) };
+}
+
+/**
+ * Tells the server on `connection` who this agent is; resolves once the server has taken the line
+ * (our server reads it and ends the stream). One that never does (the reference's, which takes no
+ * streams from agents) has the stream ended after `timeoutMs`, so that it does not count as a
+ * tunnel for ever.
+ */
+async function identifyAgent(connection: QuicConnection, identity: AgentIdentity, options: { timeoutMs: number }): Promise<void> {
   let stream: Duplex;
   try {
     stream = await connection.openStream();
@@ -201,7 +246,35 @@ export async function identifyAgent(connection: QuicConnection, identity: AgentI
   stream.resume();
   const timer = setTimeout(() => stream.destroy(), options.timeoutMs);
   timer.unref?.();
-  stream.once("close", () => clearTimeout(timer));
+  await new Promise((resolve) => stream.once("close", resolve));
+  clearTimeout(timer);
+}
+
+/** How long the server may take to read the agent's identity before its stream is ended. */
+const IDENTIFY_TIMEOUT_MS = 5_000;
+
+/**
+ * Introduces this agent on a new connection: who it is, when it has an identity, then what kind
+ * of agent it is (the hello), resolving with the server's answer. The server lets an agent take
+ * tunnels on its hello, so the hello waits until the server has taken the identity (or
+ * `timeoutMs` passed): a tunnel routed by `--proxy-strategies` must find what the agent reaches,
+ * however the two streams were delayed on the path.
+ */
+export async function introduceAgent(
+  connection: QuicConnection,
+  options: { kind: AgentKind; identity?: AgentIdentity; timeoutMs: number; identifyTimeoutMs?: number },
+): Promise<Announcement> {
+  if (options.identity) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      identifyAgent(connection, options.identity, { timeoutMs: options.identifyTimeoutMs ?? IDENTIFY_TIMEOUT_MS }),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, options.timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+  return announceAgent(connection, options);
 }
 
 /** Asks the server on `connection` to route no new tunnels here. */

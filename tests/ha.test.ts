@@ -16,6 +16,7 @@ import {
   SLOW_TRANSPORT,
   sha256,
   startAgent,
+  startLossyRelay,
   startServer,
   startUdpBalancer,
   type UdpBalancer,
@@ -85,6 +86,34 @@ describe("several servers", { skip: SLOW_TRANSPORT }, () => {
     track(await startAgent(servers[0].quicPort, { args: ["--server", list] }));
     for (const server of servers) {
       await until(async () => /hello through the tunnel/.test(await hello(server).catch(() => "")), "every server to reach the agent");
+    }
+  });
+
+  test("a hello answered later than its timeout still names the server: a connection that duplicates another's is left", async () => {
+    // One server reached twice: straight, and through a path whose round trip (1.2 s) outlasts
+    // the hello's 1 s timeout. Two --server entries want two seats; they can only find one server.
+    const server = track(await startServer({ args: ["--server-id", "only-one"] }));
+    const relay = await startLossyRelay(server.quicPort, { loss: 0, delayMs: 600 });
+    const agent = track(
+      await startAgent(server.quicPort, {
+        args: [
+          "--server",
+          `127.0.0.1:${server.quicPort},127.0.0.1:${relay.port}`,
+          "--handshake-timeout",
+          "10s",
+          "--admin-addr",
+          "127.0.0.1:0",
+          "--v",
+          "4",
+        ],
+      }),
+    );
+    try {
+      await agent.waitFor(/reached server id only-one, which another connection holds/, 15_000);
+      assert.equal((await roleMetrics(agent)).get("quic_tunnel_servers_wanted"), 2);
+      await until(async () => (await roleMetrics(agent)).get("quic_tunnel_servers_connected") === 1, "one server, counted once");
+    } finally {
+      await relay.stop();
     }
   });
 });

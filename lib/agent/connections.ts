@@ -22,7 +22,7 @@
  */
 
 import { hostname } from "node:os";
-import { type AgentIdentity, type AgentKind, type Announcement, announceAgent, identifyAgent, sendGoAway } from "../control.ts";
+import { type AgentIdentity, type AgentKind, type Announcement, introduceAgent, sendGoAway } from "../control.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "../hostport.ts";
 import { NO_IDENTIFIERS, parseIdentifiers } from "../identifiers.ts";
 import { type AGENT_FLAGS, transportOptions } from "../ops/cli.ts";
@@ -116,8 +116,6 @@ const SCALE_AT = 0.5;
 const STABLE_AFTER_MS = 10_000;
 /** An extra connection idle this long is closed. */
 const EXTRA_IDLE_MS = 30_000;
-/** How long the server may take to read the agent's identity before its stream is ended. */
-const IDENTIFY_TIMEOUT_MS = 5_000;
 /** How long the server may take to answer the hello (the reference's server never answers). */
 const HELLO_TIMEOUT_MS = 1_000;
 /** Server replicas an agent holds connections to at most, whatever `--server-count` says. */
@@ -237,14 +235,15 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * open ones fill up.
    */
   async function serve(connection: QuicConnection): Promise<Announcement> {
-    // First, so that the server knows what this agent reaches by the time the hello lets it in.
-    if (options.identity) void identifyAgent(connection, options.identity, { timeoutMs: IDENTIFY_TIMEOUT_MS });
-    const announcing = announceAgent(connection, { kind: options.kind, timeoutMs: HELLO_TIMEOUT_MS });
+    const announcing = introduceAgent(connection, { kind: options.kind, identity: options.identity, timeoutMs: HELLO_TIMEOUT_MS });
     const server: ServerInfo = {
       listeners: undefined,
       host: parseHostPort(connection.peer)?.host ?? connection.peer,
       announced: announcing.then((announcement) => {
         server.listeners = announcement.listeners;
+        void announcement.late?.then((late) => {
+          if (late.listeners) server.listeners = late.listeners;
+        });
       }),
     };
     connection.on("stream", (stream) => {
@@ -387,6 +386,13 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   /** Another seat's connection to server `id`, if one holds it. */
   const holder = (seat: Seat, id: string) => seats.find((other) => other !== seat && other.serverId === id && other.connection);
 
+  /** Follows the replica count a server announced: seats are taken or given up to match. */
+  function countServers(answer: Announcement): void {
+    if (!answer.server || (identified && answer.server.count === announced)) return;
+    [identified, announced] = [true, answer.server.count];
+    want();
+  }
+
   /** Holds {@link seatsWanted} seats; seats beyond a smaller count give their connections up. */
   function want(): void {
     const count = seatsWanted({ identified, announced, given: options.addresses.given, resolved: options.addresses.size });
@@ -435,11 +441,11 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       // only of a connection that outlives that.
       const announcement = await serve(connection);
       if (announcement.abandoned) await Promise.race([closed, sleep(HELLO_TIMEOUT_MS)]);
-      const id = announcement.server?.id;
-      if (id && holder(seat, id)) {
+      /** Leaves a connection that reached server `id`, which another seat holds; dials again after the backoff. */
+      const leaveDuplicate = async (id: string) => {
         // The balancer sent this flow to a server another seat holds: dial again, from a new port.
         // The server may have routed a tunnel here already: it finishes before the close.
-        seat.connection = undefined;
+        [seat.connection, seat.serverId, seat.route] = [undefined, undefined, undefined];
         retire(connection, `agent already connected to server ${id}`);
         attempt++;
         const delay = backoff.next();
@@ -449,25 +455,47 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
           delay,
         });
         await sleep(delay);
+      };
+      const id = announcement.server?.id;
+      if (id && holder(seat, id)) {
+        await leaveDuplicate(id);
         continue;
       }
       seat.serverId = id;
       attempt = 0;
-      if (announcement.server && (!identified || announcement.server.count !== announced)) {
-        [identified, announced] = [true, announcement.server.count];
-        want();
-      }
+      countServers(announcement);
+      // An answer slower than the hello's timeout still names the server: a duplicate is left then.
+      const first = connection;
+      const duplicateOf = new Promise<string>((resolve) => {
+        void announcement.late?.then((late) => {
+          const lateId = late.server?.id;
+          if (!lateId || seat.connection !== first) return;
+          if (holder(seat, lateId)) return resolve(lateId);
+          seat.serverId = lateId;
+          countServers(late);
+        });
+      });
       if (!connection.closed) {
         log.info("connected to server {server}", { server: where, server_id: id, subject: connection.peerSubject, ...over(route) });
       }
       let error: QuicError | undefined;
+      let duplicate = false;
       for (;;) {
         let onMove: (quic: QuicConnection) => void = () => {};
         const movedTo = new Promise<QuicConnection>((resolve) => {
           onMove = resolve;
         });
         if (transports.probes(route)) void probeQuic(seat, connection, onMove);
-        const outcome = await Promise.race([closed.then((closeError) => ({ closeError })), movedTo.then((quic) => ({ quic }))]);
+        const outcome = await Promise.race([
+          closed.then((closeError) => ({ closeError })),
+          movedTo.then((quic) => ({ quic })),
+          duplicateOf.then((duplicate) => ({ duplicate })),
+        ]);
+        if ("duplicate" in outcome) {
+          duplicate = true;
+          await leaveDuplicate(outcome.duplicate);
+          break;
+        }
         if (!("quic" in outcome)) {
           error = outcome.closeError;
           break;
@@ -483,6 +511,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
           transport: route.name,
         });
       }
+      if (duplicate) continue;
       [seat.connection, seat.serverId, seat.route] = [undefined, undefined, undefined];
       if (stopped) break;
       if (Date.now() - since >= STABLE_AFTER_MS) backoff.reset();
