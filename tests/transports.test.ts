@@ -16,6 +16,8 @@ import {
   agentArgs,
   curlDownload,
   expectedSha256,
+  freePort,
+  rawExchange,
   roleMetrics,
   run,
   SLOW_TRANSPORT,
@@ -172,6 +174,28 @@ describe("transports: TCP, a proxy, and auto", { skip: SLOW_TRANSPORT ?? tcpUnsu
     } finally {
       await stopTinyproxy(proxy.child);
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("--transport tcp with several --server addresses: each connection dials its own address over TCP", async () => {
+    // Each server's TCP listener on its QUIC port's number, as the default (no --server-tcp) expects.
+    const onePort = async () => {
+      const port = await freePort("tcp");
+      return track(await startServer({ quicPort: port, args: ["--listen-agent-tcp", `127.0.0.1:${port}`] }));
+    };
+    const servers = [await onePort(), await onePort()];
+    track(
+      await startAgent(servers[0].quicPort, {
+        args: ["--transport", "tcp", "--server", servers.map((server) => `127.0.0.1:${server.quicPort}`).join(",")],
+      }),
+    );
+    for (const server of servers) {
+      const hello = () =>
+        rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`, { timeoutMs: 5_000 });
+      await until(
+        async () => /hello through the tunnel/.test(await hello().catch(() => "")),
+        `an agent at the server on port ${server.quicPort}`,
+      );
     }
   });
 

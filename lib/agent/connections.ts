@@ -202,15 +202,15 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
 
   /**
    * Dials a seat's connection over the preferred route and, with `--transport auto`, over the
-   * other when that fails; the route that worked is preferred from then on. QUIC goes over `quic`,
-   * the route to the seat's address of the moment, which is what it resolves with. Rejects with
-   * the last route's error.
+   * other when that fails; the route that worked is preferred from then on. Each route goes to the
+   * seat's address of the moment where it can ({@link seatRoute}), and that is the route it
+   * resolves with. Rejects with the last route's error.
    */
-  const dial = async (quic: Route): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
+  const dial = async (seat: Seat): Promise<{ connection: QuicConnection; route: Route } | undefined> => {
     const routes = transports.routes();
     for (const [index, route] of routes.entries()) {
       try {
-        const dialed = route.name === "quic" ? quic : route;
+        const dialed = seatRoute(route, seat);
         const connection = await dialOver(dialed);
         if (!connection) return undefined;
         transports.connected(route);
@@ -326,9 +326,9 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       if (stopped || seat.connection !== connection || connection.closed) return;
       let quic: QuicConnection | undefined;
       try {
-        quic = await dialOver(quicTo(seat));
+        quic = await dialOver(seatRoute(transports.quic, seat));
       } catch (err) {
-        log.debug("QUIC to server {server} still fails: {error}", { server: named(transports.quic), error: err });
+        log.debug("QUIC to server {server} still fails: {error}", { server: named(seatRoute(transports.quic, seat)), error: err });
         continue;
       }
       if (!quic) return;
@@ -380,8 +380,8 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     });
   }
 
-  /** The QUIC route to the address `seat` dials (the route as given until it has one). */
-  const quicTo = (seat: Seat): Route => (seat.address ? { ...transports.quic, server: seat.address } : transports.quic);
+  /** `route` to the address `seat` dials, where it can go there (the route as given until the seat has one). */
+  const seatRoute = (route: Route, seat: Seat): Route => (seat.address && route.at ? route.at(seat.address) : route);
 
   /** Another seat's connection to server `id`, if one holds it. */
   const holder = (seat: Seat, id: string) => seats.find((other) => other !== seat && other.serverId === id && other.connection);
@@ -415,11 +415,11 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
     let attempt = 0;
     while (!stopped && !draining && seat.index < wanted) {
       seat.address = options.addresses.pick(seat.index, attempt);
-      const target = transports.routes()[0].name === "quic" ? formatHostPort(seat.address) : server;
+      const target = named(seatRoute(transports.routes()[0], seat));
       log.debug("dialing server {server}", { server: target });
       let dialed: Awaited<ReturnType<typeof dial>>;
       try {
-        dialed = await dial(quicTo(seat));
+        dialed = await dial(seat);
       } catch (err) {
         attempt++;
         const delay = backoff.next();
@@ -500,7 +500,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
           error = outcome.closeError;
           break;
         }
-        [connection, route] = [outcome.quic, quicTo(seat)];
+        [connection, route] = [outcome.quic, seatRoute(transports.quic, seat)];
         [seat.connection, seat.route] = [connection, route];
         closed = closedOnce(connection);
         if (seat.index === 0) server = named(route);
@@ -574,18 +574,23 @@ export function connectionOptions(
   const { engine, ...rest } = wiring;
   const mode = flags.transport as TransportMode;
   const named = flags["agent-id"] || flags["agent-identifiers"];
-  const tcpServer = (flags["server-tcp"] as HostPort | undefined) ?? flags.server[0];
+  const quic = (server: HostPort): Route => ({ name: "quic", engine, server, at: quic });
+  // Without --server-tcp, TCP goes where QUIC would: each seat to its own --server address.
+  const tcp = (server: HostPort, at?: (server: HostPort) => Route): Route => ({
+    name: "tcp",
+    engine: tcpEngine,
+    server,
+    proxy: mode === "quic" ? undefined : proxyFor(server, { flag: flags.proxy }),
+    at,
+  });
+  const tcpFollowing = (server: HostPort): Route => tcp(server, tcpFollowing);
+  const fixedTcp = flags["server-tcp"] as HostPort | undefined;
   return {
     ...rest,
     transports: new TransportChoice({
       mode,
-      quic: { name: "quic", engine, server: flags.server[0] },
-      tcp: {
-        name: "tcp",
-        engine: tcpEngine,
-        server: tcpServer,
-        proxy: mode === "quic" ? undefined : proxyFor(tcpServer, { flag: flags.proxy }),
-      },
+      quic: quic(flags.server[0]),
+      tcp: fixedTcp ? tcp(fixedTcp) : tcpFollowing(flags.server[0]),
       probeMs: flags["transport-probe"],
     }),
     identity: named

@@ -17,6 +17,11 @@ export interface Route {
   readonly server: HostPort;
   /** The HTTP proxy the TCP transport dials through. */
   readonly proxy?: URL;
+  /**
+   * The same way to another of the server's addresses (a seat's, lib/agent/connections.ts);
+   * absent for a route to one fixed address (`--server-tcp`), which every seat dials.
+   */
+  readonly at?: (server: HostPort) => Route;
 }
 
 /** `--transport`. */

@@ -170,7 +170,7 @@ export const AGENT_FLAGS = {
   "server-tcp": {
     kind: "hostport",
     value: "host:port",
-    help: "TCP address of the server's --listen-agent-tcp (default: the host and port of --server).",
+    help: "TCP address of the server's --listen-agent-tcp, which every connection dials (a TCP load balancer). Default: each --server address's own host and port.",
   },
   proxy: {
     kind: "string",
