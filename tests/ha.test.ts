@@ -43,7 +43,7 @@ describe("several servers", { skip: SLOW_TRANSPORT }, () => {
     const servers = [await replica(0), await replica(1), await replica(2)];
     const balancer = await startUdpBalancer(quicPorts);
     balancers.push(balancer);
-    const agent = track(await startAgent(balancer.port, { args: ["--admin-addr", "127.0.0.1:0", "--reconnect-max", "2s"] }));
+    const agent = track(await startAgent(balancer.port, { args: ["--admin-addr", "127.0.0.1:0"] }));
     await until(async () => (await Promise.all(servers.map(agentsOf))).every((count) => count === 1), "an agent at every replica", {
       timeoutMs: 20_000,
       intervalMs: 200,

@@ -66,7 +66,7 @@ function relayRuntime(): Runtime {
 }
 
 /** Reads `child`'s stdout line by line: each call resolves with the next line. */
-function linesOf(child: ChildProcessByStdio<Writable, Readable, null>): () => Promise<string> {
+export function linesOf(child: ChildProcessByStdio<Writable, Readable, null>): () => Promise<string> {
   const lines: string[] = [];
   const waiters: Array<(line: string) => void> = [];
   let pending = "";
@@ -112,9 +112,17 @@ async function startUdpFixture(name: string, args: string[]) {
   return { child, nextLine, port };
 }
 
-/** Starts a UDP balancer on loopback that sends each new flow to one of `targetPorts` at random. */
-export async function startUdpBalancer(targetPorts: number[]): Promise<UdpBalancer> {
-  const { child, nextLine, port } = await startUdpFixture("udp-balancer", ["--target-ports", targetPorts.join(",")]);
+/**
+ * Starts a UDP balancer on loopback that sends each new flow to one of `targetPorts` at random,
+ * the same choices for the same `seed` (default 7).
+ */
+export async function startUdpBalancer(targetPorts: number[], options: { seed?: number } = {}): Promise<UdpBalancer> {
+  const { child, nextLine, port } = await startUdpFixture("udp-balancer", [
+    "--target-ports",
+    targetPorts.join(","),
+    "--seed",
+    String(options.seed ?? 7),
+  ]);
   return {
     port,
     async flows() {

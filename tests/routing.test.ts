@@ -58,6 +58,32 @@ describe("destination routing", { skip: SLOW_TRANSPORT }, () => {
     );
   });
 
+  test("three agents each allowed only its own target: destHost sends every CONNECT to its own (a wrong one would answer 403), an unknown target falls through to default", async () => {
+    const server = track(await startServer({ args: ["--proxy-strategies", "destHost,default", "--admin-addr", "127.0.0.1:0"] }));
+    const hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    for (const [index, host] of hosts.entries()) {
+      track(
+        await startAgent(server.quicPort, {
+          args: ["--agent-id", `node-${index}`, "--agent-identifiers", `ipv4=${host}`, "--allow", `${host}:${target.port}`],
+        }),
+      );
+    }
+    for (const index of hosts.keys()) await server.waitFor(new RegExp(`agent \\S+ is node-${index}`));
+    for (let round = 0; round < 5; round++) {
+      for (const host of hosts) assert.match(await get(server.tcpPort, host), /hello through the tunnel/, host);
+    }
+    for (let i = 0; i < 3; i++) assert.match(await get(server.tcpPort, "127.0.0.9"), /^HTTP\/1\.1 403 /, "an agent's --allow, not 503");
+    let last = "";
+    await until(
+      async () => {
+        const metrics = await roleMetrics(server);
+        last = ["destHost", "default"].map((strategy) => metrics.get(`quic_tunnel_strategy_dials_total{strategy="${strategy}"}`)).join(" ");
+        return last === "15 3";
+      },
+      () => `15 dials by destHost and 3 by default (last: ${last})`,
+    );
+  });
+
   test("a CONNECT that no strategy finds an agent for is answered 503 at once, with the reason", async () => {
     const server = track(await startServer({ args: ["--proxy-strategies", "destHost"] }));
     track(await startAgent(server.quicPort, { args: ["--agent-identifiers", "ipv4=127.0.0.2"] }));

@@ -43,7 +43,7 @@ import { tcpEngine } from "../transport/tcp/mod.ts";
 import { proxyFor } from "../transport/tcp/proxy.ts";
 import type { Tunnels } from "../tunnel/slots.ts";
 import { ServerAddresses } from "./addresses.ts";
-import { Backoff, type BackoffOptions } from "./backoff.ts";
+import { type BackoffOptions, RedialBackoff } from "./backoff.ts";
 import { explainServerCertificate } from "./diagnose.ts";
 import type { ServerInfo } from "./loop-guard.ts";
 import { type Route, TransportChoice, type TransportMode } from "./transport-choice.ts";
@@ -410,7 +410,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
   /** Keeps `seat` connected, to a server no other seat holds, until the agent stops. */
   async function keepSeat(seat: Seat): Promise<void> {
     seat.running = true;
-    const backoff = new Backoff(options.backoff);
+    const backoff = new RedialBackoff(options.backoff);
     // Failed and duplicate dials move the seat on to the next address.
     let attempt = 0;
     while (!stopped && !draining && seat.index < wanted) {
@@ -422,7 +422,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
         dialed = await dial(seat);
       } catch (err) {
         attempt++;
-        const delay = backoff.next();
+        const delay = backoff.failed();
         log.warn("cannot connect to server {server}: {error}; retrying in {delay} ms", { server: target, error: err, delay });
         await sleep(delay);
         continue;
@@ -448,7 +448,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
         [seat.connection, seat.serverId, seat.route] = [undefined, undefined, undefined];
         retire(connection, `agent already connected to server ${id}`);
         attempt++;
-        const delay = backoff.next();
+        const delay = backoff.duplicate();
         log.debug("connection to server {server} reached server id {id}, which another connection holds; dialing again in {delay} ms", {
           server: where,
           id,
@@ -463,6 +463,7 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       }
       seat.serverId = id;
       attempt = 0;
+      backoff.connected();
       countServers(announcement);
       // An answer slower than the hello's timeout still names the server: a duplicate is left then.
       const first = connection;
@@ -514,8 +515,8 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
       if (duplicate) continue;
       [seat.connection, seat.serverId, seat.route] = [undefined, undefined, undefined];
       if (stopped) break;
-      if (Date.now() - since >= STABLE_AFTER_MS) backoff.reset();
-      const delay = backoff.next();
+      if (Date.now() - since >= STABLE_AFTER_MS) backoff.lasted();
+      const delay = backoff.failed();
       log.warn("connection to server {server} lost: {reason}; reconnecting in {delay} ms", {
         server: where,
         server_id: id,
