@@ -17,6 +17,8 @@ export interface StreamOpener<S> {
  */
 export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["openStream"]>>> {
   #agents: A[] = [];
+  /** The same agents, for membership checks in constant time. */
+  readonly #members = new Set<A>();
   #next = 0;
   #waiters = new Set<() => void>();
   /** Counts {@link roomMade} calls, so that room made during an attempt is not missed. */
@@ -37,6 +39,7 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
   /** Adds an agent that completed its handshake. */
   add(agent: A): void {
     this.#agents.push(agent);
+    this.#members.add(agent);
     this.roomMade();
   }
 
@@ -49,8 +52,8 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
 
   /** Removes an agent whose connection ended; unknown agents are ignored. */
   remove(agent: A): void {
+    if (!this.#members.delete(agent)) return;
     const index = this.#agents.indexOf(agent);
-    if (index < 0) return;
     this.#agents.splice(index, 1);
     this.#penalized.delete(agent);
     if (this.#next > index) this.#next--;
@@ -62,7 +65,7 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
    * no other agent can.
    */
   penalize(agent: A, ms: number): void {
-    if (this.#agents.includes(agent)) this.#penalized.set(agent, performance.now() + ms);
+    if (this.#members.has(agent)) this.#penalized.set(agent, performance.now() + ms);
   }
 
   /**
@@ -95,17 +98,29 @@ export class AgentPool<A extends StreamOpener<S>, S = Awaited<ReturnType<A["open
 
   async #tryEach(accept: (agent: A) => boolean): Promise<{ stream: S; agent: A } | { stream: undefined; errors: Error[] }> {
     const errors: Error[] = [];
-    // Round-robin from #next, agents that failed lately last.
+    // Round-robin from #next over the agents of this moment (opening may await, and agents come
+    // and go meanwhile), agents that failed lately last. Linear in the agents, with no per-agent
+    // allocation: a server may hold thousands (one per node).
+    const agents = this.#agents.slice();
+    const start = this.#next;
+    this.#next = agents.length > 0 ? (start + 1) % agents.length : 0;
     const now = performance.now();
-    const order = this.#agents.map((_, i) => this.#agents[(this.#next + i) % this.#agents.length]);
-    this.#next = this.#agents.length > 0 ? (this.#next + 1) % this.#agents.length : 0;
-    const penalized = (agent: A) => (this.#penalized.get(agent) ?? 0) > now;
-    for (const agent of [...order.filter((agent) => !penalized(agent)), ...order.filter(penalized)]) {
-      if (!this.#agents.includes(agent) || !accept(agent)) continue;
-      try {
-        return { stream: await agent.openStream(), agent };
-      } catch (err) {
-        errors.push(err as Error);
+    const penalized = (agent: A) => {
+      const until = this.#penalized.get(agent);
+      if (until === undefined || until > now) return until !== undefined;
+      this.#penalized.delete(agent);
+      return false;
+    };
+    for (const lastRound of [false, true]) {
+      if (lastRound && this.#penalized.size === 0) break;
+      for (let offset = 0; offset < agents.length; offset++) {
+        const agent = agents[(start + offset) % agents.length];
+        if (penalized(agent) !== lastRound || !this.#members.has(agent) || !accept(agent)) continue;
+        try {
+          return { stream: await agent.openStream(), agent };
+        } catch (err) {
+          errors.push(err as Error);
+        }
       }
     }
     return { stream: undefined, errors };
