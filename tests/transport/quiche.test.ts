@@ -7,6 +7,8 @@ import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { after, before, describe, test } from "node:test";
 import type { QuicServer } from "../../lib/transport/mod.ts";
+import { ANNOUNCED_MAX_ACK_DELAY_MS } from "../../lib/transport/quiche/config.ts";
+import type { QuicheConnection } from "../../lib/transport/quiche/connection.ts";
 import { quicheEngine } from "../../lib/transport/quiche/mod.ts";
 import { scratchCerts } from "../harness.ts";
 import { until } from "../wait.ts";
@@ -63,6 +65,23 @@ describe("quiche engine: its own endpoint", () => {
     socket.send(initialPacket({ token, dcid: scid }), server.address().port, "127.0.0.1");
     await exchange(server, initialPacket());
     assert.equal(server.stats().refused.invalid_token, 2000);
+  });
+
+  test("both ends announce a max_ack_delay of a couple of milliseconds, not 25: they acknowledge within the turn", async () => {
+    const server = await listen();
+    const accepted = new Promise<QuicheConnection>((resolve) =>
+      server.once("connection", (connection) => resolve(connection as QuicheConnection)),
+    );
+    const client = (await quicheEngine.connect({
+      host: "127.0.0.1",
+      port: server.address().port,
+      serverName: "quic-tunnel-server",
+      tls: clientTls(scratchCerts()),
+    })) as QuicheConnection;
+    assert.equal(client.native.stats().peerMaxAckDelay, ANNOUNCED_MAX_ACK_DELAY_MS, "the server's, as the client sees it");
+    assert.equal((await accepted).native.stats().peerMaxAckDelay, ANNOUNCED_MAX_ACK_DELAY_MS, "the client's, as the server sees it");
+    assert.ok(ANNOUNCED_MAX_ACK_DELAY_MS <= 5);
+    client.close();
   });
 
   test("without Retry the handshake also completes", async () => {

@@ -23,6 +23,16 @@ const SIGALGS = [
 ].join(":");
 
 /**
+ * The max_ack_delay this endpoint announces (RFC 9000 §18.2; the default is 25 ms), which the
+ * peer adds to every loss timer (PTO, RFC 9002 §6.2). quiche acknowledges in the next packets it
+ * builds, and we build them in the event-loop turn that received the datagrams, so 25 ms only
+ * delayed the recovery of every lost last packet: 2,000 short tunnels through 10% loss took 17.4
+ * s with 25, 10.3 with 5 and 7.3 with 2 (the Go reference 20.3), with no change on clean paths.
+ * A turn that runs late counts toward the peer's RTT estimate, not against this promise.
+ */
+export const ANNOUNCED_MAX_ACK_DELAY_MS = 2;
+
+/**
  * Builds a quiche config that presents `tls.cert` and verifies the peer against `tls.ca` (unless
  * `verifyPeer` is false: only to read a peer's certificate when explaining a failed handshake).
  */
@@ -47,6 +57,7 @@ export function buildConfig(tls: TlsMaterial, options: TransportOptions, verifyP
   config.setMaxConnectionWindow(Math.max(options.connectionWindow, 24 << 20));
   config.setDisableActiveMigration(true);
   config.setCcAlgorithmName(options.congestionControl);
+  config.setMaxAckDelay(ANNOUNCED_MAX_ACK_DELAY_MS);
   config.grease(true);
   return config;
 }
