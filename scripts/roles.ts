@@ -232,7 +232,9 @@ export async function startAgent(
     [...agentArgs(`${options.serverHost ?? "127.0.0.1"}:${quicPort}`, certs), ...(options.args ?? [])],
     { netns: options.netns, runtime: options.runtime, engine: options.engine },
   );
-  if (options.wait !== false) await proc.waitFor(/connected to server/);
+  // An agent that never connects must not outlive the caller that gave up on it.
+  if (options.wait !== false)
+    await proc.waitFor(/connected to server/).catch((err) => proc.stop("SIGKILL").then(() => Promise.reject(err)));
   return proc;
 }
 

@@ -16,6 +16,7 @@ import {
   expectedSha256,
   type LossyRelay,
   type RoleProcess,
+  rawExchange,
   run,
   type ServerProcess,
   SLOW_TRANSPORT,
@@ -106,7 +107,9 @@ for (const engine of ENGINES) {
     async function lossyTunnel(loss: number, delayMs = 0): Promise<{ server: ServerProcess; agent: RoleProcess; relay: LossyRelay }> {
       const server = track(await startServer({ engine }));
       const relay = await startLossyRelay(server.quicPort, { loss, delayMs });
-      const agent = track(await startAgent(relay.port, { engine, args: ["--v", "1"] }));
+      const agent = track(
+        await startAgent(relay.port, { engine, args: ["--v", "1"] }).catch((err) => relay.stop().then(() => Promise.reject(err))),
+      );
       return { server, agent, relay };
     }
 
@@ -151,6 +154,21 @@ for (const engine of ENGINES) {
       assert.equal(sha256(down.stdout), expectedSha256(64));
       assert.equal(up.code, 0, up.stderr);
       assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
+    });
+
+    test("an agent a second of round trip away connects with the default --handshake-timeout (2 s), and a tunnel works", async () => {
+      // A handshake with Retry, confirmed, takes three round trips: 3 s here, over the 2 s timeout;
+      // the peer's packets keep coming, so it goes on.
+      const { server, agent, relay } = await lossyTunnel(0, 500);
+      try {
+        assert.match(agent.log(), /connected to server/);
+        const reply = await rawExchange(server.tcpPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`, {
+          timeoutMs: 15_000,
+        });
+        assert.match(reply, /hello through the tunnel/);
+      } finally {
+        await relay.stop();
+      }
     });
 
     test("8 MiB over 1% loss and 20 ms RTT arrive intact", async () => {

@@ -84,7 +84,7 @@ export const TRANSPORT_FLAGS = {
     kind: "duration",
     value: "dur",
     default: formatDuration(DEFAULT_TRANSPORT.handshakeTimeoutMs),
-    help: "Give up on a QUIC handshake after this long.",
+    help: "Give up on a QUIC handshake after this long without a packet from the peer, and after five times this long in all (a long path keeps answering).",
   },
   "max-udp-payload": {
     kind: "int",

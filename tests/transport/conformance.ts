@@ -225,7 +225,7 @@ export function conformanceSuite(engine: QuicEngine, options: { skip?: string } 
           tls: clientTls(certs),
           transport: { handshakeTimeoutMs: 300 },
         }),
-        /handshake with 127\.0\.0\.1:\d+ timed out after 300 ms/,
+        /handshake with 127\.0\.0\.1:\d+ timed out after \d+ ms/,
       );
       assert.ok(Date.now() - started < 2000);
       silent.close();

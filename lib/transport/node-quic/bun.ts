@@ -35,6 +35,15 @@ export function bunSession(session: QuicSession): QuicSession & BunSessionExtras
   return session as unknown as QuicSession & BunSessionExtras;
 }
 
+/** Packets received on `session` so far, handshake included (0 where Bun does not say yet). */
+export function packetsReceived(session: QuicSession): number {
+  try {
+    return Number(bunSession(session).stats.pktRecv);
+  } catch {
+    return 0;
+  }
+}
+
 /** Streams the peer lets this side open at once, from its transport parameters. */
 export function peerStreamLimit(session: QuicSession, fallback: number): number {
   const advertised = bunSession(session).remoteTransportParams?.initialMaxStreamsBidi;

@@ -11,8 +11,9 @@ import type { QuicStream as NodeStream, QuicSession } from "node:quic";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";
 import { QuicError } from "../errors.ts";
+import { handshakeDeadline } from "../handshake-deadline.ts";
 import type { ConnectOptions } from "../types.ts";
-import { type BunSessionOptions, peerStreamLimit } from "./bun.ts";
+import { type BunSessionOptions, packetsReceived, peerStreamLimit } from "./bun.ts";
 import { describeSessionError, NodeQuicConnection } from "./connection.ts";
 import { CLIENT_INCOMING_STREAMS, clientSessionOptions } from "./options.ts";
 
@@ -65,18 +66,22 @@ async function dial(options: ConnectOptions, checks: { verifyServer: boolean }):
     throw new QuicError(`cannot dial QUIC server ${peer}: ${(err as Error).message}`, { cause: err });
   }
   session.closed.catch(ignore);
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    session.destroy();
-  }, transport.handshakeTimeoutMs);
+  let timedOut: string | undefined;
+  const deadline = handshakeDeadline({
+    idleMs: transport.handshakeTimeoutMs,
+    received: () => packetsReceived(session),
+    onTimeout: (why) => {
+      timedOut = why;
+      session.destroy();
+    },
+  });
   try {
     await session.opened;
   } catch (err) {
-    if (timedOut) throw new QuicError(`QUIC handshake with ${peer} timed out after ${transport.handshakeTimeoutMs} ms`);
+    if (timedOut) throw new QuicError(`QUIC handshake with ${peer} ${timedOut}`);
     throw describeSessionError(err, peer, "peer");
   } finally {
-    clearTimeout(timer);
+    deadline.cancel();
   }
   connection = new NodeQuicConnection(session, {
     peer,

@@ -10,9 +10,10 @@ import type { QuicEndpoint, QuicSession } from "node:quic";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";
 import { QuicError, tlsAlertCode } from "../errors.ts";
+import { handshakeDeadline } from "../handshake-deadline.ts";
 import { UDP_SOCKET_BUFFER_BYTES } from "../socket-buffers.ts";
 import type { ListenOptions, QuicServer, ServerEvents, ServerStats, TlsMaterial, TransportOptions } from "../types.ts";
-import { peerStreamLimit } from "./bun.ts";
+import { packetsReceived, peerStreamLimit } from "./bun.ts";
 import { describeSessionError, NodeQuicConnection } from "./connection.ts";
 import { serverSessionOptions } from "./options.ts";
 
@@ -96,14 +97,18 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
     session.closed.catch(ignore);
     // Bun tells the peer's address only with a completed handshake (its session.path is empty).
     let peer = "(address unknown)";
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      session.destroy();
-    }, this.#transport.handshakeTimeoutMs);
+    let timedOut: string | undefined;
+    const deadline = handshakeDeadline({
+      idleMs: this.#transport.handshakeTimeoutMs,
+      received: () => packetsReceived(session),
+      onTimeout: (why) => {
+        timedOut = why;
+        session.destroy();
+      },
+    });
     session.opened.then(
       (info) => {
-        clearTimeout(timer);
+        deadline.cancel();
         this.#handshakes--;
         peer = formatHostPort({ host: info.remote.address, port: info.remote.port });
         // node:quic completes the handshake of a client that sent no certificate, then closes it.
@@ -123,11 +128,9 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
         this.emit("connection", established);
       },
       (err) => {
-        clearTimeout(timer);
+        deadline.cancel();
         this.#handshakes--;
-        const error = timedOut
-          ? new QuicError(`QUIC handshake with ${peer} timed out after ${this.#transport.handshakeTimeoutMs} ms`)
-          : describeSessionError(err, peer, "handshake");
+        const error = timedOut ? new QuicError(`QUIC handshake with ${peer} ${timedOut}`) : describeSessionError(err, peer, "handshake");
         this.emit("rejected", peer, error);
       },
     );

@@ -9,6 +9,7 @@
 import { formatHostPort } from "../../hostport.ts";
 import { BaseConnection } from "../connection.ts";
 import { describeClose, QuicError, tlsAlertCode } from "../errors.ts";
+import { type HandshakeDeadline, handshakeDeadline } from "../handshake-deadline.ts";
 import type { ConnectionStats, TransportOptions } from "../types.ts";
 import type { Connection, ConnectionError } from "./binding.ts";
 import type { PacketProducer } from "./datagram.ts";
@@ -109,7 +110,9 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #deadline = 0;
   #keepAlive: ReturnType<typeof setInterval> | undefined;
-  #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  #handshakeDeadline: HandshakeDeadline;
+  /** Datagrams quiche took without an error (a Retry among them, which its packet count leaves out). */
+  #datagramsTaken = 0;
   #closeError: QuicError | undefined;
   #confirmedByServer: boolean;
   #rttMs = 0;
@@ -153,11 +156,13 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     this.#options = options.transport;
     this.#aborts = new StreamAborts(native, { rttMs: () => this.#rtt(performance.now()), onReset: () => scheduleFlush(this) });
     this.#nextLocalStream = options.isServer ? 1 : 0;
-    this.#handshakeTimer = setTimeout(() => {
-      if (!this.established) {
-        this.#fail(new QuicError(`QUIC handshake with ${this.peer} timed out after ${options.transport.handshakeTimeoutMs} ms`));
-      }
-    }, options.transport.handshakeTimeoutMs);
+    this.#handshakeDeadline = handshakeDeadline({
+      idleMs: options.transport.handshakeTimeoutMs,
+      received: () => this.#datagramsTaken,
+      onTimeout: (why) => {
+        if (!this.established) this.#fail(new QuicError(`QUIC handshake with ${this.peer} ${why}`));
+      },
+    });
   }
 
   get streamCount(): number {
@@ -187,6 +192,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     try {
       // A server's quiche always sees the first path: see `#peerAt`.
       this.native.recv(datagram, this.#firstPath ?? path);
+      this.#datagramsTaken++;
     } catch {
       // A packet quiche rejects (undecryptable, duplicate) is dropped, as QUIC requires.
     }
@@ -423,7 +429,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     }
     this.setPeerCertificate(chain?.[0]);
     this.established = true;
-    clearTimeout(this.#handshakeTimer);
+    this.#handshakeDeadline.cancel();
     if (this.#options.keepAliveMs > 0) {
       this.#keepAlive = setInterval(() => {
         this.native.sendAckEliciting();
@@ -486,7 +492,7 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.#timer);
-    clearTimeout(this.#handshakeTimer);
+    this.#handshakeDeadline.cancel();
     clearTimeout(this.#finTimer);
     clearInterval(this.#keepAlive);
     this.#finGuards.clear();
