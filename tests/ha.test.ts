@@ -55,7 +55,15 @@ describe("several servers", { skip: SLOW_TRANSPORT }, () => {
 
     // A download through replica 0 while replica 1 dies: it finishes intact, replica 2 still serves.
     const download = curlDownload(servers[0].tcpPort, target.port, { mib: 16, rate: "8M" });
-    await until(async () => ((await roleMetrics(servers[0])).get("quic_tunnel_tunnels_active") ?? 0) >= 1, "the download to start");
+    let finished: Awaited<typeof download> | undefined;
+    void download.then((result) => {
+      finished = result;
+    });
+    await until(
+      async () => ((await roleMetrics(servers[0])).get("quic_tunnel_tunnels_active") ?? 0) >= 1,
+      () =>
+        `the download to start (curl: ${finished ? `exit ${finished.code} ${finished.stderr.trim()}` : "running"}; agent: ${agent.log().split("\n").slice(-6).join(" | ")})`,
+    );
     await servers[1].stop("SIGKILL");
     await until(async () => (await roleMetrics(agent)).get("quic_tunnel_servers_connected") === 2, "the agent to notice", {
       timeoutMs: 15_000,

@@ -37,8 +37,9 @@ export function handshakeDeadline(options: {
   const check = () => {
     const elapsed = performance.now() - started;
     const count = received();
-    if (count === seen) return onTimeout(`timed out after ${Math.round(elapsed)} ms: no packet from the peer for ${idleMs} ms`);
+    // The cap first: the last window may be shorter than `idleMs`, too short to judge silence by.
     if (elapsed >= capMs - 1) return onTimeout(`timed out after ${Math.round(elapsed)} ms (${HANDSHAKE_CAP_FACTOR} times ${idleMs} ms)`);
+    if (count === seen) return onTimeout(`timed out after ${Math.round(elapsed)} ms: no packet from the peer for ${idleMs} ms`);
     seen = count;
     timer = setTimeout(check, Math.min(idleMs, capMs - elapsed));
   };
