@@ -19,6 +19,7 @@ import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { type EngineChoice, loadEngine, type QuicEngine, type QuicStream } from "./lib/transport/mod.ts";
 import { dial } from "./lib/tunnel/dial.ts";
 import { Tunnels } from "./lib/tunnel/slots.ts";
+import { skipStreamOpened } from "./lib/tunnel/stream-opened.ts";
 
 // Flags: the reference's, then ours.
 const flags = parseCommandLine(
@@ -71,6 +72,9 @@ const agent = runAgent(
 );
 registerConnectionMetrics(registry, agent);
 
+/** How long a stream's first bytes may wait for the rest of what could be the stream-opened marker. */
+const STREAM_OPENED_WAIT_MS = 200;
+
 // Per stream: a slot, a dial to the upstream, then both ways. A refusal resets the stream, so the
 // client's connection ends as an error.
 async function serveUpstream(stream: QuicStream): Promise<void> {
@@ -78,6 +82,8 @@ async function serveUpstream(stream: QuicStream): Promise<void> {
   if (!tunnel) return;
   if (draining) return tunnel.refuse("draining", 503, "the agent is shutting down");
   stream.pause();
+  // The bytes our server opens the stream with, so that an upstream that speaks first is heard.
+  await skipStreamOpened(stream, { waitMs: STREAM_OPENED_WAIT_MS });
   try {
     const socket = await dial(flags.upstream, { timeoutMs: flags["dial-timeout"] });
     await tunnel.carry(socket, tunnelTimeouts(flags));

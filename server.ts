@@ -30,6 +30,7 @@ import { setupLogging } from "./lib/ops/log.ts";
 import { Counter, Histogram, Registry } from "./lib/ops/metrics.ts";
 import { logStrayErrors, onReload, onShutdown } from "./lib/ops/process.ts";
 import { registerQuicMetrics, registerQuicServerMetrics, reportRefusedInitials } from "./lib/ops/quic-metrics.ts";
+import { STREAM_OPENED, STREAM_OPENED_FEATURE } from "./lib/protocol.ts";
 import { Agents } from "./lib/server/agents.ts";
 import { acceptingAddresses, type Frontend, type HandshakeOptions, listenTcp, listenUnix } from "./lib/server/frontends.ts";
 import { parseStrategies, type Strategy } from "./lib/server/strategies.ts";
@@ -256,6 +257,8 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
   }
   const { stream, agent, strategy } = opened;
   tunnel.note({ agent: agent.peer, stream: stream.id, strategy });
+  // Our agent-tcp learns of the stream now, not when the client first speaks: its upstream may speak first.
+  if (agents.asked(agent, STREAM_OPENED_FEATURE)) stream.write(STREAM_OPENED);
   if (first.length > 0) stream.write(first);
   if (!passthrough && !(await firstBytes(stream, flags["agent-answer-timeout"]))) {
     abort(stream);

@@ -10,6 +10,8 @@
  *   from before that line read only the first.
  * - `IDENTIFY <agent-id> <identifiers>`, as the agent connects, when it was given `--agent-id` or
  *   `--agent-identifiers`: what it can reach (lib/identifiers.ts), for `--proxy-strategies`.
+ * - `FEATURES <name> ...`, as the agent connects: what it asks of the server's streams to it
+ *   (`stream-opened`, lib/protocol.ts). A server that knows no such line ignores it.
  * - `GOAWAY`, before an agent shuts down: route no new tunnels to it.
  *
  * The reference's server never accepts streams from agents, so our agents work with it unchanged
@@ -31,6 +33,7 @@ export type AgentKind = "connect" | "passthrough";
 export type ControlMessage =
   | { type: "hello"; kind: AgentKind }
   | { type: "identify"; id: string; identifiers: AgentIdentifiers }
+  | { type: "features"; features: string[] }
   | { type: "goaway" };
 
 /** Who an agent is and what it can reach (`--agent-id`, `--agent-identifiers`). */
@@ -150,6 +153,8 @@ export function parseControlLine(line: string | undefined): ControlMessage | und
       return undefined;
     }
   }
+  const features = /^FEATURES ([a-z-]{1,32}(?: [a-z-]{1,32}){0,15})$/.exec(line ?? "");
+  if (features) return { type: "features", features: features[1].split(" ") };
   const hello = /^AGENT (connect|passthrough)$/.exec(line ?? "");
   return hello ? { type: "hello", kind: hello[1] as AgentKind } : undefined;
 }
@@ -229,12 +234,12 @@ async function announceAgent(connection: QuicConnection, options: { kind: AgentK
 }
 
 /**
- * Tells the server on `connection` who this agent is; resolves once the server has taken the line
- * (our server reads it and ends the stream). One that never does (the reference's, which takes no
+ * Sends one control `line` on a stream of its own; resolves once the server has taken it (our
+ * server reads it and ends the stream). One that never does (the reference's, which takes no
  * streams from agents) has the stream ended after `timeoutMs`, so that it does not count as a
  * tunnel for ever.
  */
-async function identifyAgent(connection: QuicConnection, identity: AgentIdentity, options: { timeoutMs: number }): Promise<void> {
+async function sendLine(connection: QuicConnection, line: string, options: { timeoutMs: number }): Promise<void> {
   let stream: Duplex;
   try {
     stream = await connection.openStream();
@@ -242,7 +247,7 @@ async function identifyAgent(connection: QuicConnection, identity: AgentIdentity
     return; // a server closing
   }
   stream.on("error", () => {});
-  stream.end(`IDENTIFY ${identity.id} ${formatIdentifiers(identity.identifiers)}\n`);
+  stream.end(`${line}\n`);
   stream.resume();
   const timer = setTimeout(() => stream.destroy(), options.timeoutMs);
   timer.unref?.();
@@ -250,24 +255,29 @@ async function identifyAgent(connection: QuicConnection, identity: AgentIdentity
   clearTimeout(timer);
 }
 
-/** How long the server may take to read the agent's identity before its stream is ended. */
-const IDENTIFY_TIMEOUT_MS = 5_000;
+/** How long the server may take to read the agent's identity or features before their stream is ended. */
+const TAKE_TIMEOUT_MS = 5_000;
 
 /**
- * Introduces this agent on a new connection: who it is, when it has an identity, then what kind
- * of agent it is (the hello), resolving with the server's answer. The server lets an agent take
- * tunnels on its hello, so the hello waits until the server has taken the identity (or
- * `timeoutMs` passed): a tunnel routed by `--proxy-strategies` must find what the agent reaches,
- * however the two streams were delayed on the path.
+ * Introduces this agent on a new connection: who it is (when it has an identity) and what it asks
+ * of the server's streams (`features`), then what kind of agent it is (the hello), resolving with
+ * the server's answer. The server lets an agent take tunnels on its hello, so the hello waits
+ * until the server has taken the lines before it (or `timeoutMs` passed): a tunnel routed by
+ * `--proxy-strategies` must find what the agent reaches, however the streams were delayed.
  */
 export async function introduceAgent(
   connection: QuicConnection,
-  options: { kind: AgentKind; identity?: AgentIdentity; timeoutMs: number; identifyTimeoutMs?: number },
+  options: { kind: AgentKind; identity?: AgentIdentity; features?: readonly string[]; timeoutMs: number; takeTimeoutMs?: number },
 ): Promise<Announcement> {
-  if (options.identity) {
+  const lines = [
+    ...(options.identity ? [`IDENTIFY ${options.identity.id} ${formatIdentifiers(options.identity.identifiers)}`] : []),
+    ...(options.features?.length ? [`FEATURES ${options.features.join(" ")}`] : []),
+  ];
+  if (lines.length > 0) {
     let timer: ReturnType<typeof setTimeout> | undefined;
+    const taken = lines.map((line) => sendLine(connection, line, { timeoutMs: options.takeTimeoutMs ?? TAKE_TIMEOUT_MS }));
     await Promise.race([
-      identifyAgent(connection, options.identity, { timeoutMs: options.identifyTimeoutMs ?? IDENTIFY_TIMEOUT_MS }),
+      Promise.all(taken),
       new Promise((resolve) => {
         timer = setTimeout(resolve, options.timeoutMs);
       }),

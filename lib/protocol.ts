@@ -21,6 +21,20 @@ export const SERVER_NAME = "quic-tunnel-server";
 /** First bytes of a stream an agent opens to tell the server to stop routing new tunnels to it. */
 export const GOAWAY = "GOAWAY\n";
 
+/**
+ * The feature a passthrough agent asks for with `FEATURES stream-opened` (lib/control.ts): our
+ * server then writes {@link STREAM_OPENED} first on every stream it opens to that agent.
+ */
+export const STREAM_OPENED_FEATURE = "stream-opened";
+
+/**
+ * The bytes that make a new stream known to the agent. A QUIC stream its opener has written nothing
+ * to does not exist for the peer, so the client of a protocol whose server speaks first (SMTP,
+ * MySQL, FTP) would wait for ever behind a passthrough agent. The agent takes them off; a stream
+ * that does not begin with them (a server that does not write them) is passed on whole.
+ */
+export const STREAM_OPENED = Buffer.from("\0QT-OPEN", "latin1");
+
 /** Application error code in RESET_STREAM / STOP_SENDING when a tunnel is torn down. */
 export const STREAM_CANCELLED = 0x10c;
 

@@ -10,7 +10,8 @@ test("control lines: an agent's hello with its kind, GOAWAY, and nothing else", 
   assert.deepEqual(parseControlLine("AGENT connect"), { type: "hello", kind: "connect" });
   assert.deepEqual(parseControlLine("AGENT passthrough"), { type: "hello", kind: "passthrough" });
   assert.deepEqual(parseControlLine("GOAWAY"), { type: "goaway" });
-  for (const other of [undefined, "", "AGENT", "AGENT socks", "CONNECT a:1 HTTP/1.1", "GOAWAY now"]) {
+  assert.deepEqual(parseControlLine("FEATURES stream-opened"), { type: "features", features: ["stream-opened"] });
+  for (const other of [undefined, "", "AGENT", "AGENT socks", "CONNECT a:1 HTTP/1.1", "GOAWAY now", "FEATURES", "FEATURES Stream_Opened"]) {
     assert.equal(parseControlLine(other), undefined, String(other));
   }
 });
@@ -124,7 +125,7 @@ test("an identity the server never takes (the reference's) delays the hello only
   const connection = connectionServedBy((side) => streams.push(side));
   const started = performance.now();
   const identity = { id: "node-a", identifiers: NO_IDENTIFIERS };
-  await introduceAgent(connection, { kind: "connect", identity, timeoutMs: 100, identifyTimeoutMs: 300 });
+  await introduceAgent(connection, { kind: "connect", identity, timeoutMs: 100, takeTimeoutMs: 300 });
   assert.ok(performance.now() - started < 900, "the hello went on after 100 ms");
   assert.equal(streams.length, 2);
   await until(() => streams[0].destroyed, "the identity stream to be ended");

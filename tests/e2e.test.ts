@@ -349,6 +349,43 @@ for (const engine of ENGINES) {
       assert.equal(sha256(result.stdout), expectedSha256(16));
     });
 
+    test("an upstream that speaks first (SMTP, MySQL) is heard by a client that waits for it", async () => {
+      // The upstream greets on accept and then echoes; the client sends nothing until greeted.
+      const upstream = net.createServer((socket) => {
+        socket.write("220 greetings from upstream\r\n");
+        socket.pipe(socket);
+      });
+      await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
+      try {
+        const server = track(await startServer({ engine }));
+        const port = (upstream.address() as net.AddressInfo).port;
+        track(await startAgent(server.quicPort, { engine, script: "agent-tcp.ts", args: ["--upstream", `127.0.0.1:${port}`] }));
+        const client = net.connect({ port: server.tcpPort, host: "127.0.0.1" });
+        const said = (text: string) =>
+          new Promise<void>((resolve, reject) => {
+            let heard = "";
+            const timer = setTimeout(
+              () => reject(new Error(`no ${JSON.stringify(text)} within 5 s; heard ${JSON.stringify(heard)}`)),
+              5_000,
+            );
+            client.on("data", function onData(chunk: Buffer) {
+              heard += chunk.toString("latin1");
+              if (!heard.includes(text)) return;
+              clearTimeout(timer);
+              client.off("data", onData);
+              resolve();
+            });
+          });
+        await said("220 greetings from upstream\r\n");
+        const echoed = said("\0QT-OPEN then more");
+        client.write("\0QT-OPEN then more");
+        await echoed;
+        client.destroy();
+      } finally {
+        upstream.close();
+      }
+    });
+
     test("an unreachable upstream closes the client's connection", async () => {
       const server = track(await startServer({ engine }));
       const agent = track(await startAgent(server.quicPort, { engine, script: "agent-tcp.ts", args: ["--upstream", "127.0.0.1:1"] }));

@@ -1,7 +1,8 @@
 /**
  * Interop with the Go reference (gardener/quic-reverse-http-tunnel as it ships, quic-go 0.42), on
  * each engine: our server, one replica (`--server-count 1`), with the reference's agent, and the
- * reference's server, which sends no hello, with our agent. Needs the reference's binaries: set
+ * reference's server, which sends no hello, with our agent; and the passthrough agents both ways
+ * (the stream-opened marker, lib/protocol.ts, only between ours). Needs the reference's binaries: set
  * QUIC_TUNNEL_REFERENCE to the directory holding quic-server and quic-client (the benchmarks take
  * the same); skipped without.
  */
@@ -16,6 +17,7 @@ import {
   ENGINES,
   expectedSha256,
   roleMetrics,
+  run,
   SLOW_TRANSPORT,
   scratchCerts,
   sha256,
@@ -28,9 +30,9 @@ import { until } from "./wait.ts";
 
 const REFERENCE = process.env.QUIC_TUNNEL_REFERENCE;
 const NO_REFERENCE =
-  REFERENCE && ["quic-server", "quic-client"].every((binary) => existsSync(join(REFERENCE, binary)))
+  REFERENCE && ["quic-server", "quic-client", "quic-client-tcp"].every((binary) => existsSync(join(REFERENCE, binary)))
     ? undefined
-    : "needs the Go reference's binaries: set QUIC_TUNNEL_REFERENCE to the directory of quic-server and quic-client";
+    : "needs the Go reference's binaries: set QUIC_TUNNEL_REFERENCE to the directory of quic-server, quic-client and quic-client-tcp";
 
 const track = trackProcesses();
 const target = httpTargetFixture();
@@ -40,9 +42,11 @@ const target = httpTargetFixture();
  * curl, since it stops at the answer's length: the reference's agent keeps a tunnel open after its
  * target closed, until the client closes too.
  */
-async function downloadIntact(tcpPort: number): Promise<void> {
+async function downloadIntact(tcpPort: number, options: { passthrough?: boolean } = {}): Promise<void> {
   const download = await until(async () => {
-    const attempt = await curlDownload(tcpPort, target.port, { mib: 8 });
+    const attempt = options.passthrough
+      ? await run("curl", ["-sS", "--max-time", "30", `http://127.0.0.1:${tcpPort}/mib/8`])
+      : await curlDownload(tcpPort, target.port, { mib: 8 });
     return attempt.code === 0 ? attempt : undefined;
   }, "a download through the agent");
   assert.equal(sha256(download.stdout), expectedSha256(8));
@@ -66,6 +70,18 @@ for (const engine of ENGINES) {
       const metrics = await roleMetrics(agent);
       assert.equal(metrics.get("quic_tunnel_servers_wanted"), 1);
       assert.equal(metrics.get("quic_tunnel_servers_connected"), 1);
+    });
+
+    test("passthrough both ways: the reference's client-tcp with our server, our agent-tcp with the reference's server", async () => {
+      const certs = scratchCerts();
+      const ours = track(await startServer({ certs, engine, args: ["--passthrough"] }));
+      const upstream = ["--upstream", `127.0.0.1:${target.port}`];
+      track(spawnProcess(join(REFERENCE as string, "quic-client-tcp"), [...agentArgs(`127.0.0.1:${ours.quicPort}`, certs), ...upstream]));
+      await downloadIntact(ours.tcpPort, { passthrough: true });
+      const reference = await startReferenceServer(REFERENCE as string, certs);
+      track(reference.server);
+      track(await startAgent(reference.quicPort, { certs, engine, script: "agent-tcp.ts", args: upstream }));
+      await downloadIntact(reference.tcpPort, { passthrough: true });
     });
   });
 }

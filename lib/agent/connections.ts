@@ -30,6 +30,7 @@ import type { FlagValues } from "../ops/flags.ts";
 import type { Logger } from "../ops/log.ts";
 import { Gauge, type Registry } from "../ops/metrics.ts";
 import { registerQuicMetrics } from "../ops/quic-metrics.ts";
+import { STREAM_OPENED_FEATURE } from "../protocol.ts";
 import {
   type QuicConnection,
   type QuicEngine,
@@ -77,6 +78,8 @@ export interface AgentOptions {
   kind: AgentKind;
   /** Who this agent is and what it reaches, told to the server as each connection starts (when given). */
   identity?: AgentIdentity;
+  /** What this agent asks of the server's streams (`FEATURES`, lib/control.ts), told as each connection starts. */
+  features?: readonly string[];
   /** The ways to the server, and which to take. */
   transports: TransportChoice;
   /** The QUIC addresses of the server (`--server`), where seats dial. */
@@ -235,7 +238,12 @@ export function runAgent(options: AgentOptions, onStream: (stream: QuicStream, s
    * open ones fill up.
    */
   async function serve(connection: QuicConnection): Promise<Announcement> {
-    const announcing = introduceAgent(connection, { kind: options.kind, identity: options.identity, timeoutMs: HELLO_TIMEOUT_MS });
+    const announcing = introduceAgent(connection, {
+      kind: options.kind,
+      identity: options.identity,
+      features: options.features,
+      timeoutMs: HELLO_TIMEOUT_MS,
+    });
     const server: ServerInfo = {
       listeners: undefined,
       host: parseHostPort(connection.peer)?.host ?? connection.peer,
@@ -594,6 +602,8 @@ export function connectionOptions(
       tcp: fixedTcp ? tcp(fixedTcp) : tcpFollowing(flags.server[0]),
       probeMs: flags["transport-probe"],
     }),
+    // A passthrough agent must learn of a stream before its client speaks (lib/protocol.ts).
+    features: wiring.kind === "passthrough" ? [STREAM_OPENED_FEATURE] : undefined,
     identity: named
       ? {
           id: flags["agent-id"] || hostId(),

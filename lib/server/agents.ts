@@ -64,6 +64,7 @@ export class Agents {
   readonly #pool = new AgentPool<QuicConnection, QuicStream>();
   readonly #kinds = new Map<QuicConnection, AgentKind | "unknown">();
   readonly #identities = new Map<QuicConnection, AgentIdentity>();
+  readonly #features = new Map<QuicConnection, readonly string[]>();
   readonly #chosen: Counter;
   readonly #rejected: Counter;
   readonly #unanswered: Counter;
@@ -161,6 +162,8 @@ export class Agents {
       } else if (message?.type === "identify") {
         this.#identities.set(agent, message);
         log.info("agent {peer} is {id}", { peer: agent.peer, id: message.id, identifiers: formatIdentifiers(message.identifiers) });
+      } else if (message?.type === "features") {
+        this.#features.set(agent, message.features);
       } else if (message?.type === "goaway") {
         // Before it joined too: an agent stopping right after it connected never takes tunnels.
         leaving = true;
@@ -173,6 +176,7 @@ export class Agents {
       clearTimeout(timer);
       this.#kinds.delete(agent);
       this.#identities.delete(agent);
+      this.#features.delete(agent);
       if (!joined) return;
       this.#pool.remove(agent);
       log.info("agent {peer} disconnected: {reason}", { peer: agent.peer, reason: error?.message ?? "closed", agents: this.#pool.size });
@@ -201,6 +205,11 @@ export class Agents {
       stream: undefined,
       reason: `no connected agent serves ${options.host ?? "this client"} by --proxy-strategies ${this.#options.strategies.join(",")}`,
     };
+  }
+
+  /** Whether `agent` asked for `feature` of the streams to it (`FEATURES`, lib/control.ts). */
+  asked(agent: QuicConnection, feature: string): boolean {
+    return this.#features.get(agent)?.includes(feature) ?? false;
   }
 
   /**
