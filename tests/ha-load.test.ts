@@ -12,6 +12,7 @@ import { connectTimes } from "../scripts/traffic.ts";
 import { startTcpBalancer, type TcpBalancer } from "./fixtures/tcp-balancer.ts";
 import { httpTargetFixture, rssMb, trackProcesses } from "./fixtures.ts";
 import {
+  agentArgs,
   curlDownload,
   expectedSha256,
   freePort,
@@ -141,23 +142,10 @@ describe("high availability under load", { skip: LOAD }, () => {
     const before = rssMb(server.child.pid);
 
     const [command, base] = runtimeCommand("scripts/many-agents.ts");
-    const many = spawn(
-      command,
-      [
-        ...base,
-        "--server",
-        `127.0.0.1:${server.quicPort}`,
-        "--count",
-        "200",
-        "--ca-file",
-        certs.ca,
-        "--cert-file",
-        certs.clientCert,
-        "--cert-key",
-        certs.clientKey,
-      ],
-      { cwd: ROOT, stdio: ["pipe", "pipe", "inherit"] },
-    );
+    const many = spawn(command, [...base, ...agentArgs(`127.0.0.1:${server.quicPort}`, certs), "--count", "200"], {
+      cwd: ROOT,
+      stdio: ["pipe", "pipe", "inherit"],
+    });
     stoppers.push(async () => {
       many.stdin?.end();
       many.kill();
