@@ -7,6 +7,7 @@
 // @ts-ignore: Deno ships no node:quic (nor its types); only Bun loads this engine.
 import { type QuicStream as NodeStream, QuicSession, type SessionOptions } from "node:quic";
 import { inspect } from "node:util";
+import { type HandshakeDeadline, handshakeDeadline } from "../handshake-deadline.ts";
 
 /** Session options Bun accepts that the typings lack. */
 export interface BunSessionOptions extends SessionOptions {
@@ -36,12 +37,37 @@ export function bunSession(session: QuicSession): QuicSession & BunSessionExtras
 }
 
 /** Packets received on `session` so far, handshake included (0 where Bun does not say yet). */
-export function packetsReceived(session: QuicSession): number {
+function packetsReceived(session: QuicSession): number {
   try {
     return Number(bunSession(session).stats.pktRecv);
   } catch {
     return 0;
   }
+}
+
+/** The handshake deadline of `session` (lib/transport/handshake-deadline.ts): it destroys the session when due. */
+export interface SessionDeadline extends HandshakeDeadline {
+  /** Why the deadline destroyed the session, once it has. */
+  readonly timedOut: string | undefined;
+}
+
+/** Starts the handshake deadline of `session`, `idleMs` without a packet from the peer. */
+export function sessionHandshakeDeadline(session: QuicSession, idleMs: number): SessionDeadline {
+  let timedOut: string | undefined;
+  const deadline = handshakeDeadline({
+    idleMs,
+    received: () => packetsReceived(session),
+    onTimeout: (why) => {
+      timedOut = why;
+      session.destroy();
+    },
+  });
+  return {
+    cancel: () => deadline.cancel(),
+    get timedOut() {
+      return timedOut;
+    },
+  };
 }
 
 /** Streams the peer lets this side open at once, from its transport parameters. */

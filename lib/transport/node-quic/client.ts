@@ -11,9 +11,8 @@ import type { QuicStream as NodeStream, QuicSession } from "node:quic";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";
 import { QuicError } from "../errors.ts";
-import { handshakeDeadline } from "../handshake-deadline.ts";
 import type { ConnectOptions } from "../types.ts";
-import { type BunSessionOptions, packetsReceived, peerStreamLimit } from "./bun.ts";
+import { type BunSessionOptions, peerStreamLimit, sessionHandshakeDeadline } from "./bun.ts";
 import { describeSessionError, NodeQuicConnection } from "./connection.ts";
 import { CLIENT_INCOMING_STREAMS, clientSessionOptions } from "./options.ts";
 
@@ -66,19 +65,11 @@ async function dial(options: ConnectOptions, checks: { verifyServer: boolean }):
     throw new QuicError(`cannot dial QUIC server ${peer}: ${(err as Error).message}`, { cause: err });
   }
   session.closed.catch(ignore);
-  let timedOut: string | undefined;
-  const deadline = handshakeDeadline({
-    idleMs: transport.handshakeTimeoutMs,
-    received: () => packetsReceived(session),
-    onTimeout: (why) => {
-      timedOut = why;
-      session.destroy();
-    },
-  });
+  const deadline = sessionHandshakeDeadline(session, transport.handshakeTimeoutMs);
   try {
     await session.opened;
   } catch (err) {
-    if (timedOut) throw new QuicError(`QUIC handshake with ${peer} ${timedOut}`);
+    if (deadline.timedOut) throw new QuicError(`QUIC handshake with ${peer} ${deadline.timedOut}`);
     throw describeSessionError(err, peer, "peer");
   } finally {
     deadline.cancel();

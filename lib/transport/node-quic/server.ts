@@ -10,10 +10,9 @@ import type { QuicEndpoint, QuicSession } from "node:quic";
 import { formatHostPort } from "../../hostport.ts";
 import { DEFAULT_TRANSPORT } from "../../protocol.ts";
 import { QuicError, tlsAlertCode } from "../errors.ts";
-import { handshakeDeadline } from "../handshake-deadline.ts";
 import { UDP_SOCKET_BUFFER_BYTES } from "../socket-buffers.ts";
 import type { ListenOptions, QuicServer, ServerEvents, ServerStats, TlsMaterial, TransportOptions } from "../types.ts";
-import { packetsReceived, peerStreamLimit } from "./bun.ts";
+import { peerStreamLimit, sessionHandshakeDeadline } from "./bun.ts";
 import { describeSessionError, NodeQuicConnection } from "./connection.ts";
 import { serverSessionOptions } from "./options.ts";
 
@@ -97,15 +96,7 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
     session.closed.catch(ignore);
     // Bun tells the peer's address only with a completed handshake (its session.path is empty).
     let peer = "(address unknown)";
-    let timedOut: string | undefined;
-    const deadline = handshakeDeadline({
-      idleMs: this.#transport.handshakeTimeoutMs,
-      received: () => packetsReceived(session),
-      onTimeout: (why) => {
-        timedOut = why;
-        session.destroy();
-      },
-    });
+    const deadline = sessionHandshakeDeadline(session, this.#transport.handshakeTimeoutMs);
     session.opened.then(
       (info) => {
         deadline.cancel();
@@ -130,7 +121,9 @@ export class NodeQuicServer extends EventEmitter<ServerEvents> implements QuicSe
       (err) => {
         deadline.cancel();
         this.#handshakes--;
-        const error = timedOut ? new QuicError(`QUIC handshake with ${peer} ${timedOut}`) : describeSessionError(err, peer, "handshake");
+        const error = deadline.timedOut
+          ? new QuicError(`QUIC handshake with ${peer} ${deadline.timedOut}`)
+          : describeSessionError(err, peer, "handshake");
         this.emit("rejected", peer, error);
       },
     );
