@@ -14,7 +14,8 @@ import { QuicError } from "../errors.ts";
 import type { ConnectOptions } from "../types.ts";
 import { TcpConnection } from "./connection.ts";
 import { dialThroughProxy } from "./proxy.ts";
-import { http2Settings } from "./settings.ts";
+import { http2Transport } from "./read-ahead.ts";
+import { sessionOptions } from "./settings.ts";
 
 /** Dials a server; resolves once the server has accepted this agent (its first stream arrived). */
 export async function connect(options: ConnectOptions): Promise<TcpConnection> {
@@ -30,7 +31,7 @@ export async function connect(options: ConnectOptions): Promise<TcpConnection> {
       throw new QuicError(`server ${target} does not speak the TCP transport (ALPN ${socket.alpnProtocol || "none"}, want ${TCP_ALPN})`);
     }
     socket.setNoDelay(true);
-    const session = http2.performServerHandshake(socket, { settings: http2Settings(transport) });
+    const session = http2.performServerHandshake(http2Transport(socket, transport), sessionOptions(transport));
     session.once("remoteSettings", () => session.setLocalWindowSize(transport.connectionWindow));
     const connection = new TcpConnection(session, { socket, peer: target, role: "agent", transport });
     const refused = new Promise<never>((_, reject) => {

@@ -13,7 +13,8 @@ import { DEFAULT_TRANSPORT, TCP_ALPN, type TransportOptions } from "../../protoc
 import { QuicError } from "../errors.ts";
 import type { ListenOptions, QuicServer, ServerEvents, ServerStats, TlsMaterial } from "../types.ts";
 import { TcpConnection } from "./connection.ts";
-import { http2Settings, passAlpnCheck } from "./settings.ts";
+import { http2Transport } from "./read-ahead.ts";
+import { passAlpnCheck, sessionOptions } from "./settings.ts";
 
 /** Handshakes under way at once, beyond which new TCP connections are closed at once. */
 const DEFAULT_MAX_HANDSHAKES = 1024;
@@ -126,8 +127,8 @@ class TcpServer extends EventEmitter<ServerEvents> implements QuicServer {
     socket.setNoDelay(true);
     passAlpnCheck(socket);
     const session = http2.connect(`https://${peer}`, {
-      createConnection: () => socket,
-      settings: http2Settings(this.#transport),
+      createConnection: () => http2Transport(socket, this.#transport),
+      ...sessionOptions(this.#transport),
     });
     const connection = new TcpConnection(session, { socket, peer, role: "server", transport: this.#transport });
     // Held from here, so that close() also ends an agent that has not sent its SETTINGS yet.

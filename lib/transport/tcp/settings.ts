@@ -23,7 +23,7 @@ export function streamWindow(transport: TransportOptions): number {
 }
 
 /** The SETTINGS a side sends: its stream window, and how many streams the peer may open. */
-export function http2Settings(transport: TransportOptions): Settings {
+function http2Settings(transport: TransportOptions): Settings {
   return {
     enablePush: false,
     // One more than asked: the server's opener stream takes one.
@@ -31,6 +31,18 @@ export function http2Settings(transport: TransportOptions): Settings {
     initialWindowSize: streamWindow(transport),
     maxFrameSize: MAX_FRAME_SIZE,
   };
+}
+
+/**
+ * What a side's HTTP/2 session is made with: its SETTINGS, and the memory Node lets it hold before
+ * it refuses new streams with ENHANCE_YOUR_CALM (`maxSessionMemory`, in MB; 10 by default). Node
+ * counts the data its streams have been given and not yet sent; 200 streams echoing at once went
+ * past 32 MB. At least 64 MB, and four connection windows: what the window lets in, as much again
+ * on its way out, and as much again for the writes behind them. Bun's HTTP/2 ignores it.
+ */
+export function sessionOptions(transport: TransportOptions): { settings: Settings; maxSessionMemory: number } {
+  const windowsMb = Math.ceil((4 * transport.connectionWindow) / (1 << 20));
+  return { settings: http2Settings(transport), maxSessionMemory: Math.max(64, windowsMb) };
 }
 
 /**
