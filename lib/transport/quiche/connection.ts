@@ -216,8 +216,6 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     }
     const id = this.#nextLocalStream;
     this.#nextLocalStream += 4;
-    // Setting a priority creates the stream inside quiche, so the stream limit accounts for it now.
-    this.native.streamPriority(id, 127, true);
     const stream = new QuicheStream(this, id);
     this.#streams.set(id, stream);
     return stream;

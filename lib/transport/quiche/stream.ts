@@ -45,6 +45,15 @@ const EMPTY = new Uint8Array(0);
 const recvBuffer = Buffer.allocUnsafe(64 * 1024);
 /** How long the last byte of a write waits for our FIN to leave with it (see `#holdsTail`). */
 const TAIL_HOLD_MS = 10;
+/**
+ * A stream's first bytes (a tunnel's CONNECT and its answer, a short request's whole reply) go
+ * ahead of streams past theirs, which take turns at quiche's default urgency. Without it, a fresh
+ * tunnel on a connection busy with a thousand bulk streams got a thousandth of the path: its 200
+ * took 1.4 s and its 64 KiB 2.2 s on Node during a flood of non-reading clients.
+ */
+const FIRST_FLIGHT_BYTES = 256 * 1024;
+const FIRST_FLIGHT_URGENCY = 100;
+const BULK_URGENCY = 127;
 
 /** Turns a quiche stream error (`StreamReset(n)`, `StreamStopped(n)`) into a QuicError in words. */
 function streamError(err: unknown, id: number): QuicError {
@@ -69,6 +78,8 @@ export class QuicheStream extends Duplex implements QuicStreamType {
   #readPaused = false;
   #readDone = false;
   #writeDone = false;
+  /** Bytes handed to quiche, counted up to the first flight. */
+  #sentBytes = 0;
 
   constructor(host: StreamHost, id: number) {
     // quiche keeps up to the peer's stream credit itself, so the writer's own queue matters only
@@ -77,6 +88,8 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024 });
     this.#host = host;
     this.id = id;
+    // Also creates a local stream inside quiche, so that its stream limit counts it from now on.
+    this.#prioritize(FIRST_FLIGHT_URGENCY);
   }
 
   /** True once the peer's FIN (or reset) has been read. */
@@ -89,15 +102,15 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     return this.#writeDone;
   }
 
-  /**
-   * What quiche may hold for this stream's reader: nothing while it reads; once it pauses, up to
-   * the stream's receive window, which quiche does not report (counted at its initial size).
-   */
   /** True while the reader has paused with bytes left in quiche. */
   get readPaused(): boolean {
     return this.#readPaused;
   }
 
+  /**
+   * What quiche may hold for this stream's reader: nothing while it reads; once it pauses, up to
+   * the stream's receive window, which quiche does not report (counted at its initial size).
+   */
   get heldForReader(): number {
     return this.#readPaused ? this.#host.streamWindow : 0;
   }
@@ -172,6 +185,7 @@ export class QuicheStream extends Duplex implements QuicStreamType {
           return;
         }
         this.#host.markDirty();
+        this.#countSent(sent);
         if (sent < this.#pending.length) {
           this.#pending = this.#pending.subarray(sent);
           continue;
@@ -200,6 +214,21 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     } catch (err) {
       this.#writeDone = true;
       this.destroy(err instanceof QuicError ? err : streamError(err, this.id));
+    }
+  }
+
+  /** Moves the stream behind fresh ones once its first flight is in quiche. */
+  #countSent(bytes: number): void {
+    if (this.#sentBytes >= FIRST_FLIGHT_BYTES) return;
+    this.#sentBytes += bytes;
+    if (this.#sentBytes >= FIRST_FLIGHT_BYTES) this.#prioritize(BULK_URGENCY);
+  }
+
+  #prioritize(urgency: number): void {
+    try {
+      this.#host.native.streamPriority(this.id, urgency, true);
+    } catch {
+      // quiche has already forgotten the stream: its order no longer matters
     }
   }
 
