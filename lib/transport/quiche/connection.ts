@@ -101,6 +101,8 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   readonly #onEstablished: () => void;
   readonly #streams = new Map<number, QuicheStream>();
   readonly #wantWrite = new Set<QuicheStream>();
+  /** Streams whose first flight leaves in this flush; they take turns with the others after it. */
+  readonly #firstFlights = new Set<QuicheStream>();
   readonly #wantRead = new Set<QuicheStream>();
   readonly #finGuards = new Map<QuicheStream, FinGuard>();
   #finTimer: ReturnType<typeof setTimeout> | undefined;
@@ -250,6 +252,10 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     scheduleFlush(this);
   }
 
+  firstFlightQueued(stream: QuicheStream): void {
+    this.#firstFlights.add(stream);
+  }
+
   wantWrite(stream: QuicheStream): void {
     this.#wantWrite.add(stream);
   }
@@ -319,6 +325,10 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
       }
     }
     this.#sendPackets(this.#produce);
+    if (this.#firstFlights.size > 0) {
+      for (const stream of this.#firstFlights) stream.takeTurns();
+      this.#firstFlights.clear();
+    }
     if (native.isClosed()) this.#onClosed();
     else this.#armTimer();
   }
