@@ -118,8 +118,12 @@ describe("quiche engine: its own endpoint", () => {
         stream.once("data", (first: Buffer) => {
           const isFresh = first[0] === 1;
           const count = (chunk: Buffer) => {
-            if (!isFresh) bulkReceived += chunk.length;
-            else if ((freshReceived += chunk.length) === fresh) resolve(bulkReceived);
+            if (!isFresh) {
+              bulkReceived += chunk.length;
+              return;
+            }
+            freshReceived += chunk.length;
+            if (freshReceived === fresh) resolve(bulkReceived);
           };
           count(first);
           stream.on("data", count);
