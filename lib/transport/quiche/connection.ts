@@ -101,8 +101,6 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
   readonly #onEstablished: () => void;
   readonly #streams = new Map<number, QuicheStream>();
   readonly #wantWrite = new Set<QuicheStream>();
-  /** Streams whose first flight leaves in this flush; they take turns with the others after it. */
-  readonly #firstFlights = new Set<QuicheStream>();
   readonly #wantRead = new Set<QuicheStream>();
   readonly #finGuards = new Map<QuicheStream, FinGuard>();
   #finTimer: ReturnType<typeof setTimeout> | undefined;
@@ -252,10 +250,6 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     scheduleFlush(this);
   }
 
-  firstFlightQueued(stream: QuicheStream): void {
-    this.#firstFlights.add(stream);
-  }
-
   wantWrite(stream: QuicheStream): void {
     this.#wantWrite.add(stream);
   }
@@ -319,16 +313,16 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
       }
       for (const id of native.readable()) this.#onReadable(id);
       if (this.#wantWrite.size > 0) {
+        // quiche buffers about a congestion window for all streams together, and what is handed
+        // over first leaves first: streams still in their first flight hand theirs over first.
         const writers = [...this.#wantWrite];
         this.#wantWrite.clear();
-        for (const stream of writers) stream.sendPending();
+        const bulk = writers.filter((stream) => !stream.inFirstFlight);
+        for (const stream of writers) if (stream.inFirstFlight) stream.sendPending();
+        for (const stream of bulk) stream.sendPending();
       }
     }
     this.#sendPackets(this.#produce);
-    if (this.#firstFlights.size > 0) {
-      for (const stream of this.#firstFlights) stream.takeTurns();
-      this.#firstFlights.clear();
-    }
     if (native.isClosed()) this.#onClosed();
     else this.#armTimer();
   }

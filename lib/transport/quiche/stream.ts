@@ -37,8 +37,6 @@ export interface StreamHost {
    * has had time to read out what it holds (see `_destroy`).
    */
   resetLater(id: number): void;
-  /** The stream's first flight is in quiche: send it ahead in the next packets, then {@link QuicheStream.takeTurns}. */
-  firstFlightQueued(stream: QuicheStream): void;
   /** The receive window a stream starts with. */
   readonly streamWindow: number;
 }
@@ -48,9 +46,10 @@ const recvBuffer = Buffer.allocUnsafe(64 * 1024);
 /** How long the last byte of a write waits for our FIN to leave with it (see `#holdsTail`). */
 const TAIL_HOLD_MS = 10;
 /**
- * A stream's first bytes (a tunnel's CONNECT and its answer, a short request's whole reply) go
- * ahead of streams past theirs, which take turns at quiche's default urgency. The first flight is
- * counted as handed to quiche, and leaves in the packets of the flush that follows. Without it, a fresh
+ * A stream that has sent no more than a first flight (a tunnel's CONNECT and its answer, a short
+ * request's whole reply, an interactive session's keystrokes) goes ahead of streams that have sent
+ * more, which take turns at quiche's default urgency. Bytes are counted as handed to quiche: a bulk
+ * stream hands over more than a first flight at once and takes turns from its first write. Without it, a fresh
  * tunnel on a connection busy with a thousand bulk streams got a thousandth of the path: its 200
  * took 1.4 s and its 64 KiB 2.2 s on Node during a flood of non-reading clients.
  */
@@ -220,16 +219,16 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     }
   }
 
-  /** Counts bytes handed to quiche until the first flight is complete; the connection is told then. */
-  #countSent(bytes: number): void {
-    if (this.#sentBytes >= FIRST_FLIGHT_BYTES) return;
-    this.#sentBytes += bytes;
-    if (this.#sentBytes >= FIRST_FLIGHT_BYTES) this.#host.firstFlightQueued(this);
+  /** True until the stream has handed quiche more than a first flight. */
+  get inFirstFlight(): boolean {
+    return this.#sentBytes <= FIRST_FLIGHT_BYTES;
   }
 
-  /** Once its first flight has left: the stream takes turns with the others at quiche's default urgency. */
-  takeTurns(): void {
-    this.#prioritize(BULK_URGENCY);
+  /** Counts bytes handed to quiche; a stream that has more to send than a first flight takes turns. */
+  #countSent(bytes: number): void {
+    if (this.#sentBytes > FIRST_FLIGHT_BYTES) return;
+    this.#sentBytes += bytes;
+    if (this.#sentBytes > FIRST_FLIGHT_BYTES) this.#prioritize(BULK_URGENCY);
   }
 
   #prioritize(urgency: number): void {
