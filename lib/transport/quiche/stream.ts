@@ -47,11 +47,12 @@ const recvBuffer = Buffer.allocUnsafe(64 * 1024);
 const TAIL_HOLD_MS = 10;
 /**
  * A stream that has sent no more than a first flight (a tunnel's CONNECT and its answer, a short
- * request's whole reply, an interactive session's keystrokes) goes ahead of streams that have sent
- * more, which take turns at quiche's default urgency. Bytes are counted as handed to quiche: a bulk
- * stream hands over more than a first flight at once and takes turns from its first write. Without it, a fresh
- * tunnel on a connection busy with a thousand bulk streams got a thousandth of the path: its 200
- * took 1.4 s and its 64 KiB 2.2 s on Node during a flood of non-reading clients.
+ * reply, an interactive session's keystrokes) goes ahead of streams that have sent more: it is sent
+ * at a higher urgency, and hands its bytes to quiche first (see the connection's flush). Bytes count
+ * as handed to quiche, so a bulk stream takes turns at quiche's default urgency from its first large
+ * write. Without it, a fresh tunnel on a connection busy with a thousand bulk streams got a
+ * thousandth of the path: during a flood of non-reading clients on Node its 200 took 1.4 s and its
+ * 64 KiB 2.2 s.
  */
 const FIRST_FLIGHT_BYTES = 256 * 1024;
 const FIRST_FLIGHT_URGENCY = 100;

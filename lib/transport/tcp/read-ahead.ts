@@ -42,7 +42,7 @@ export class ReadAhead extends Duplex {
       if (!this.push(chunk) && this.readableLength > limit) socket.pause();
     });
     socket.once("end", () => this.push(null));
-    socket.once("error", (err) => this.destroy(err));
+    socket.on("error", (err) => this.destroy(err));
     socket.once("close", () => this.destroy());
   }
 
