@@ -95,7 +95,10 @@ describe("quiche engine: its own endpoint", () => {
     client.close();
   });
 
-  test("a fresh stream's first flight goes ahead of 200 streams past theirs", async () => {
+  // The test wraps the native connection's streamSend to see what quiche takes: Deno 2.9's N-API
+  // crashed (SIGSEGV) on the wrapped method.
+  const wrapsNative = "Deno" in globalThis ? "Deno's N-API crashes on a wrapped native method" : undefined;
+  test("a fresh stream's first flight is handed to quiche ahead of 200 streams past theirs", { skip: wrapsNative }, async () => {
     const server = await listen(false);
     const accepted = new Promise<QuicheConnection>((resolve) =>
       server.once("connection", (connection) => resolve(connection as QuicheConnection)),
@@ -105,40 +108,41 @@ describe("quiche engine: its own endpoint", () => {
       port: server.address().port,
       serverName: "quic-tunnel-server",
       tls: clientTls(scratchCerts()),
-      // Credit for all of it: only the order of sending decides what arrives first.
+      // Credit for all of it: only what quiche buffers for all streams together holds bytes back.
       transport: { connectionWindow: 512 << 20, streamWindow: 2 << 20 },
     });
+    client.on("stream", (stream) => stream.on("error", () => {}).resume());
     const serverSide = await accepted;
-    let bulkReceived = 0;
-    let bulkEnded = 0;
-    const fresh = 256 * 1024;
-    const bulkEndedBeforeFresh = new Promise<number>((resolve) => {
-      client.on("stream", (stream) => {
-        stream.on("error", () => {});
-        stream.once("data", (first: Buffer) => {
-          if (first[0] === 1) {
-            stream.on("end", () => resolve(bulkEnded)).resume();
-            return;
-          }
-          bulkReceived += first.length;
-          stream.on("data", (chunk: Buffer) => {
-            bulkReceived += chunk.length;
-          });
-          stream.on("end", () => bulkEnded++);
-        });
-      });
-    });
-    const bulk = Buffer.alloc(1 << 20, 0);
-    // Streams still open when the test closes the connection end with an error.
+    // What quiche takes of each stream's bytes, in the order it takes them.
+    const native = serverSide.native;
+    const send = native.streamSend.bind(native);
+    const taken: { id: number; bytes: number }[] = [];
+    native.streamSend = (id, data, fin) => {
+      const bytes = send(id, data, fin);
+      if (bytes) taken.push({ id, bytes });
+      return bytes;
+    };
     const opened = async () => (await serverSide.openStream()).on("error", () => {});
-    for (let i = 0; i < 200; i++) (await opened()).end(bulk);
-    // Every bulk stream is past its first flight once a third of the bulk has arrived.
-    await until(() => bulkReceived > 200 * 320 * 1024, "the bulk streams to be past their first flight", { intervalMs: 1 });
-    (await opened()).end(Buffer.alloc(fresh, 1));
-    // Taking turns with them, it waited behind every bulk stream and ended last; ahead of them, it
-    // waits only for what was on its way (a congestion window, tens of MiB on a busy loopback).
-    const ended = await bulkEndedBeforeFresh;
-    assert.ok(ended < 100, `bulk streams that ended before the fresh stream's 256 KiB arrived: ${ended} of 200`);
+    const bulk = Buffer.alloc(1 << 20, 0);
+    const bulkIds = new Set<number>();
+    for (let i = 0; i < 200; i++) {
+      const stream = await opened();
+      bulkIds.add(stream.id);
+      stream.end(bulk);
+    }
+    const handed = (ids: (id: number) => boolean) => taken.reduce((sum, entry) => (ids(entry.id) ? sum + entry.bytes : sum), 0);
+    // Every bulk stream is past its first flight once a third of the bulk is in quiche.
+    await until(() => handed((id) => bulkIds.has(id)) > 200 * 320 * 1024, "the bulk streams to be past their first flight", {
+      intervalMs: 1,
+    });
+    const fresh = await opened();
+    const from = taken.length;
+    fresh.end(Buffer.alloc(256 * 1024, 1));
+    await until(() => handed((id) => id === fresh.id) >= 256 * 1024 - 1, "quiche to take the fresh stream's bytes", { intervalMs: 1 });
+    // Handed over after them, it got what 200 bulk streams left of each turn: 2 KiB at a time, the
+    // rest of the bulk before it (tens of MiB); before them, all it asks for at once.
+    const bulkMeanwhile = taken.slice(from).reduce((sum, entry) => (entry.id === fresh.id ? sum : sum + entry.bytes), 0);
+    assert.ok(bulkMeanwhile < 4 << 20, `bulk bytes quiche took while the fresh stream's 256 KiB waited: ${bulkMeanwhile}`);
     client.close();
   });
 });

@@ -216,6 +216,8 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     }
     const id = this.#nextLocalStream;
     this.#nextLocalStream += 4;
+    // Setting a priority creates the stream inside quiche, so the stream limit accounts for it now.
+    this.native.streamPriority(id, 127, true);
     const stream = new QuicheStream(this, id);
     this.#streams.set(id, stream);
     return stream;
@@ -312,19 +314,30 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
         for (const stream of readers) stream.deliver();
       }
       for (const id of native.readable()) this.#onReadable(id);
-      if (this.#wantWrite.size > 0) {
-        // quiche buffers about a congestion window for all streams together, and what is handed
-        // over first leaves first: streams still in their first flight hand theirs over first.
-        const writers = [...this.#wantWrite];
-        this.#wantWrite.clear();
-        const bulk = writers.filter((stream) => !stream.inFirstFlight);
-        for (const stream of writers) if (stream.inFirstFlight) stream.sendPending();
-        for (const stream of bulk) stream.sendPending();
-      }
+      if (this.#wantWrite.size > 0) this.#handOver();
     }
     this.#sendPackets(this.#produce);
     if (native.isClosed()) this.#onClosed();
     else this.#armTimer();
+  }
+
+  /**
+   * Hands queued bytes to quiche, streams still in their first flight first (see
+   * FIRST_FLIGHT_BYTES). A FIN handed over is sent at once (`finWritten`), which frees room in
+   * quiche: first flights still waiting take it before the next bulk stream does.
+   */
+  #handOver(): void {
+    const writers = [...this.#wantWrite];
+    this.#wantWrite.clear();
+    const waiting = writers.filter((stream) => stream.inFirstFlight);
+    for (const stream of waiting) stream.sendPending();
+    for (const stream of writers) {
+      if (stream.inFirstFlight) continue;
+      const produced = this.#packetsProduced;
+      stream.sendPending();
+      if (this.#packetsProduced === produced) continue;
+      for (const first of waiting) if (this.#wantWrite.has(first)) first.sendPending();
+    }
   }
 
   /** Queues one more copy of the stream's FIN and sends it; drops the guard once quiche forgot the stream. */

@@ -46,17 +46,13 @@ const recvBuffer = Buffer.allocUnsafe(64 * 1024);
 /** How long the last byte of a write waits for our FIN to leave with it (see `#holdsTail`). */
 const TAIL_HOLD_MS = 10;
 /**
- * A stream that has sent no more than a first flight (a tunnel's CONNECT and its answer, a short
- * reply, an interactive session's keystrokes) goes ahead of streams that have sent more: it is sent
- * at a higher urgency, and hands its bytes to quiche first (see the connection's flush). Bytes count
- * as handed to quiche, so a bulk stream takes turns at quiche's default urgency from its first large
- * write. Without it, a fresh tunnel on a connection busy with a thousand bulk streams got a
- * thousandth of the path: during a flood of non-reading clients on Node its 200 took 1.4 s and its
- * 64 KiB 2.2 s.
+ * A stream that has handed quiche no more than this (a tunnel's CONNECT and its answer, a short
+ * reply, an interactive session's keystrokes) hands its bytes over before streams that have handed
+ * more (see the connection's `#handOver`): quiche buffers about a congestion window for all streams
+ * together, and what is handed over first leaves first. Without it, a fresh tunnel on a connection
+ * busy with a thousand bulk streams had its write taken 2 KiB at a time after every one of them.
  */
 const FIRST_FLIGHT_BYTES = 256 * 1024;
-const FIRST_FLIGHT_URGENCY = 100;
-const BULK_URGENCY = 127;
 
 /** Turns a quiche stream error (`StreamReset(n)`, `StreamStopped(n)`) into a QuicError in words. */
 function streamError(err: unknown, id: number): QuicError {
@@ -91,8 +87,6 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024 });
     this.#host = host;
     this.id = id;
-    // Also creates a local stream inside quiche, so that its stream limit counts it from now on.
-    this.#prioritize(FIRST_FLIGHT_URGENCY);
   }
 
   /** True once the peer's FIN (or reset) has been read. */
@@ -225,19 +219,9 @@ export class QuicheStream extends Duplex implements QuicStreamType {
     return this.#sentBytes <= FIRST_FLIGHT_BYTES;
   }
 
-  /** Counts bytes handed to quiche; a stream that has more to send than a first flight takes turns. */
+  /** Counts bytes handed to quiche, up to just past the first flight. */
   #countSent(bytes: number): void {
-    if (this.#sentBytes > FIRST_FLIGHT_BYTES) return;
-    this.#sentBytes += bytes;
-    if (this.#sentBytes > FIRST_FLIGHT_BYTES) this.#prioritize(BULK_URGENCY);
-  }
-
-  #prioritize(urgency: number): void {
-    try {
-      this.#host.native.streamPriority(this.id, urgency, true);
-    } catch {
-      // quiche has already forgotten the stream: its order no longer matters
-    }
+    if (this.#sentBytes <= FIRST_FLIGHT_BYTES) this.#sentBytes += bytes;
   }
 
   /**
