@@ -314,30 +314,15 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
         for (const stream of readers) stream.deliver();
       }
       for (const id of native.readable()) this.#onReadable(id);
-      if (this.#wantWrite.size > 0) this.#handOver();
+      if (this.#wantWrite.size > 0) {
+        const writers = [...this.#wantWrite];
+        this.#wantWrite.clear();
+        for (const stream of writers) stream.sendPending();
+      }
     }
     this.#sendPackets(this.#produce);
     if (native.isClosed()) this.#onClosed();
     else this.#armTimer();
-  }
-
-  /**
-   * Hands queued bytes to quiche, streams still in their first flight first (see
-   * FIRST_FLIGHT_BYTES). A FIN handed over is sent at once (`finWritten`), which frees room in
-   * quiche: first flights still waiting take it before the next bulk stream does.
-   */
-  #handOver(): void {
-    const writers = [...this.#wantWrite];
-    this.#wantWrite.clear();
-    const waiting = writers.filter((stream) => stream.inFirstFlight);
-    for (const stream of waiting) stream.sendPending();
-    for (const stream of writers) {
-      if (stream.inFirstFlight) continue;
-      const produced = this.#packetsProduced;
-      stream.sendPending();
-      if (this.#packetsProduced === produced) continue;
-      for (const first of waiting) if (this.#wantWrite.has(first)) first.sendPending();
-    }
   }
 
   /** Queues one more copy of the stream's FIN and sends it; drops the guard once quiche forgot the stream. */

@@ -45,14 +45,6 @@ const EMPTY = new Uint8Array(0);
 const recvBuffer = Buffer.allocUnsafe(64 * 1024);
 /** How long the last byte of a write waits for our FIN to leave with it (see `#holdsTail`). */
 const TAIL_HOLD_MS = 10;
-/**
- * A stream that has handed quiche no more than this (a tunnel's CONNECT and its answer, a short
- * reply, an interactive session's keystrokes) hands its bytes over before streams that have handed
- * more (see the connection's `#handOver`): quiche buffers about a congestion window for all streams
- * together, and what is handed over first leaves first. Without it, a fresh tunnel on a connection
- * busy with a thousand bulk streams had its write taken 2 KiB at a time after every one of them.
- */
-const FIRST_FLIGHT_BYTES = 256 * 1024;
 
 /** Turns a quiche stream error (`StreamReset(n)`, `StreamStopped(n)`) into a QuicError in words. */
 function streamError(err: unknown, id: number): QuicError {
@@ -77,8 +69,6 @@ export class QuicheStream extends Duplex implements QuicStreamType {
   #readPaused = false;
   #readDone = false;
   #writeDone = false;
-  /** Bytes handed to quiche, counted up to the first flight. */
-  #sentBytes = 0;
 
   constructor(host: StreamHost, id: number) {
     // quiche keeps up to the peer's stream credit itself, so the writer's own queue matters only
@@ -182,7 +172,6 @@ export class QuicheStream extends Duplex implements QuicStreamType {
           return;
         }
         this.#host.markDirty();
-        this.#countSent(sent);
         if (sent < this.#pending.length) {
           this.#pending = this.#pending.subarray(sent);
           continue;
@@ -212,16 +201,6 @@ export class QuicheStream extends Duplex implements QuicStreamType {
       this.#writeDone = true;
       this.destroy(err instanceof QuicError ? err : streamError(err, this.id));
     }
-  }
-
-  /** True until the stream has handed quiche more than a first flight. */
-  get inFirstFlight(): boolean {
-    return this.#sentBytes <= FIRST_FLIGHT_BYTES;
-  }
-
-  /** Counts bytes handed to quiche, up to just past the first flight. */
-  #countSent(bytes: number): void {
-    if (this.#sentBytes <= FIRST_FLIGHT_BYTES) this.#sentBytes += bytes;
   }
 
   /**
