@@ -6,6 +6,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import net from "node:net";
 import { after, before, type TestContext } from "node:test";
 import { type RoleProcess, startHttpTarget } from "./harness.ts";
 
@@ -57,4 +58,16 @@ export function commandExists(command: string): boolean {
 /** Resident memory of process `pid` in MB, from /proc. */
 export function rssMb(pid: number | undefined): number {
   return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
+}
+
+/**
+ * Two connected loopback TCP sockets (half-open allowed) and a function that closes their listener:
+ * the real sockets a unit test of the pipe or the read-ahead runs on.
+ */
+export async function socketPair(): Promise<[net.Socket, net.Socket, () => void]> {
+  const server = net.createServer({ allowHalfOpen: true });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+  const client = net.connect({ port: (server.address() as net.AddressInfo).port, host: "127.0.0.1", allowHalfOpen: true });
+  return [client, await accepted, () => server.close()];
 }

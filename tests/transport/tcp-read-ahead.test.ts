@@ -1,39 +1,20 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import net from "node:net";
 import { after, before, describe, test } from "node:test";
 import { tcpEngine, tcpUnsupported } from "../../lib/transport/tcp/mod.ts";
 import { ReadAhead } from "../../lib/transport/tcp/read-ahead.ts";
 import type { QuicConnection } from "../../lib/transport/types.ts";
 import type { DevCertPaths } from "../../scripts/dev-certs.ts";
+import { socketPair } from "../fixtures.ts";
 import { scratchCerts } from "../harness.ts";
 import { until } from "../wait.ts";
 import { clientTls, collect, sendAll, serverTls } from "./conformance.ts";
 
 const digest = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 
-/** A connected pair of loopback TCP sockets. */
-async function socketPair(): Promise<{ near: net.Socket; far: net.Socket; close(): void }> {
-  const listener = net.createServer();
-  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
-  const { port } = listener.address() as net.AddressInfo;
-  const accepted = new Promise<net.Socket>((resolve) => listener.once("connection", resolve));
-  const near = net.connect(port, "127.0.0.1");
-  const far = await accepted;
-  return {
-    near,
-    far,
-    close() {
-      near.destroy();
-      far.destroy();
-      listener.close();
-    },
-  };
-}
-
 describe("read ahead of Node's HTTP/2", () => {
   test("reads on while its reader is paused, up to the limit, then holds the sender back; every byte arrives in order", async () => {
-    const { near, far, close } = await socketPair();
+    const [near, far, close] = await socketPair();
     const limit = 1 << 20;
     const wrapped = new ReadAhead(near, limit);
     wrapped.pause();
@@ -49,16 +30,18 @@ describe("read ahead of Node's HTTP/2", () => {
     wrapped.resume();
     far.end();
     assert.deepEqual(await got, { bytes: data.length, sha256: digest(data) });
+    for (const socket of [near, far]) socket.destroy();
     close();
   });
 
   test("writes pass through and end the socket", async () => {
-    const { near, far, close } = await socketPair();
+    const [near, far, close] = await socketPair();
     const wrapped = new ReadAhead(near, 1 << 20);
     const data = randomBytes(4 << 20);
     const got = collect(far as never);
     wrapped.end(data);
     assert.deepEqual(await got, { bytes: data.length, sha256: digest(data) });
+    for (const socket of [near, far]) socket.destroy();
     close();
   });
 });

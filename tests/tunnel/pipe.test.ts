@@ -1,22 +1,20 @@
 import assert from "node:assert/strict";
-import net from "node:net";
+import type net from "node:net";
 import { Duplex } from "node:stream";
 import { test } from "node:test";
 import { pipeBoth } from "../../lib/tunnel/pipe.ts";
+import { socketPair as pairOfSockets } from "../fixtures.ts";
 import { pause, until } from "../wait.ts";
 
 /**
  * A connected pair of real TCP sockets on loopback, both with half-close allowed. A reset is what
  * some tests expect: tests that care listen for errors, the rest ignore them (Node throws otherwise).
  */
+/** {@link pairOfSockets} with errors expected: the pipe tests reset sockets on purpose. */
 async function socketPair(): Promise<[net.Socket, net.Socket, () => void]> {
-  const server = net.createServer({ allowHalfOpen: true });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
-  const client = net.connect({ port: (server.address() as net.AddressInfo).port, host: "127.0.0.1", allowHalfOpen: true });
-  const pair: [net.Socket, net.Socket] = [client, await accepted];
-  for (const socket of pair) socket.on("error", () => {});
-  return [...pair, () => server.close()];
+  const [client, accepted, close] = await pairOfSockets();
+  for (const socket of [client, accepted]) socket.on("error", () => {});
+  return [client, accepted, close];
 }
 
 function readAll(socket: net.Socket): Promise<string> {

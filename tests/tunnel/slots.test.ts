@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import net from "node:net";
 import { PassThrough } from "node:stream";
 import { test } from "node:test";
 import { getLogger } from "@logtape/logtape";
 import { Registry } from "../../lib/ops/metrics.ts";
 import { Tunnels } from "../../lib/tunnel/slots.ts";
+import { socketPair } from "../fixtures.ts";
 
 const log = getLogger(["quic-tunnel", "test"]);
 const series = (registry: Registry) =>
@@ -64,14 +64,6 @@ test("a slot is taken at accept, so the limit counts tunnels still reading their
 });
 
 /** A connected pair of real TCP sockets on loopback, with half-close allowed. */
-async function socketPair(): Promise<[net.Socket, net.Socket, () => void]> {
-  const server = net.createServer({ allowHalfOpen: true });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
-  const client = net.connect({ port: (server.address() as net.AddressInfo).port, host: "127.0.0.1", allowHalfOpen: true });
-  return [client, await accepted, () => server.close()];
-}
-
 test("a carried tunnel counts its bytes and outcome, and whenIdle waits for it", async () => {
   const registry = new Registry();
   const tunnels = new Tunnels(registry, { role: "agent", max: 0, log });
