@@ -1,10 +1,9 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { after, before, describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import { tcpEngine, tcpUnsupported } from "../../lib/transport/tcp/mod.ts";
 import { ReadAhead } from "../../lib/transport/tcp/read-ahead.ts";
 import type { QuicConnection } from "../../lib/transport/types.ts";
-import type { DevCertPaths } from "../../scripts/dev-certs.ts";
 import { socketPair } from "../fixtures.ts";
 import { scratchCerts } from "../harness.ts";
 import { until } from "../wait.ts";
@@ -47,10 +46,6 @@ describe("read ahead of Node's HTTP/2", () => {
 });
 
 describe("TCP transport: both sides sending at once", { skip: tcpUnsupported }, () => {
-  let certs: DevCertPaths;
-  before(async () => {
-    certs = await scratchCerts();
-  });
   const servers: { close(): void }[] = [];
   after(() => {
     for (const server of servers) server.close();
@@ -58,14 +53,14 @@ describe("TCP transport: both sides sending at once", { skip: tcpUnsupported }, 
 
   /** Opens `count` streams from the server side at once; the agent side echoes each; true per intact echo. */
   async function echoAll(count: number, bytes: number): Promise<boolean[]> {
-    const server = await tcpEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(certs) });
+    const server = await tcpEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(scratchCerts()) });
     servers.push(server);
     const accepted = new Promise<QuicConnection>((resolve) => server.once("connection", resolve));
     const client = await tcpEngine.connect({
       host: "127.0.0.1",
       port: server.address().port,
       serverName: "quic-tunnel-server",
-      tls: clientTls(certs),
+      tls: clientTls(scratchCerts()),
     });
     const serverSide = await accepted;
     // Streams still open when the connections close end with an error; a failed echo says so.

@@ -7,10 +7,9 @@ import { socketPair as pairOfSockets } from "../fixtures.ts";
 import { pause, until } from "../wait.ts";
 
 /**
- * A connected pair of real TCP sockets on loopback, both with half-close allowed. A reset is what
- * some tests expect: tests that care listen for errors, the rest ignore them (Node throws otherwise).
+ * {@link pairOfSockets} with errors expected. A reset is what some tests expect: tests that care
+ * listen for errors, the rest ignore them (Node throws otherwise).
  */
-/** {@link pairOfSockets} with errors expected: the pipe tests reset sockets on purpose. */
 async function socketPair(): Promise<[net.Socket, net.Socket, () => void]> {
   const [client, accepted, close] = await pairOfSockets();
   for (const socket of [client, accepted]) socket.on("error", () => {});
