@@ -139,12 +139,12 @@ for (const engine of ENGINES) {
         ]) {
           assert.ok(/^\d+ ms$/.test(outcome) && Number.parseInt(outcome, 10) < settle, `a fresh tunnel ${when} the flood: ${figures}`);
         }
-        // What the roles hold for the waiting clients is the budget, plus what the runtime has not
-        // collected yet of tunnels the budget ended: Node's and Deno's collectors leave about
-        // twice as much uncollected as Bun's (measured: 312 MB on Node where Bun had 160). Bun's
-        // node:quic frees a stream's native buffers only when its object is collected: its agent
-        // kept 122-240 MB in eight runs here (a loaded machine the high end), quiche's 107-158.
-        const uncollected = currentRuntime().kind !== "bun" ? 256 : engine === "node-quic" ? 224 : 128;
+        // What the roles hold for the waiting clients is the budget, plus what is not given back
+        // yet of tunnels the budget ended. On Bun the budget's releases (lib/ops/memory.ts) collect
+        // and trim: steady 103 MB where it was 107-158 (quiche's agent), 137 where 122-240
+        // (node:quic's, which frees a stream's native buffers only once its object is collected).
+        // Node's glibc keeps what V8 frees (measured: 312 MB on Node where Bun had 160).
+        const uncollected = currentRuntime().kind !== "bun" ? 256 : engine === "node-quic" ? 96 : 48;
         for (const role of ["server", "agent"] as const) {
           assert.ok(steady[role] < idle[role] + budgetMib + uncollected, `${role} holds about its budget while they wait: ${figures}`);
         }
@@ -165,9 +165,18 @@ for (const engine of ENGINES) {
         const m = await roleMetrics(role);
         return `heap ${((m.get("nodejs_heap_size_used_bytes") ?? 0) / 2 ** 20).toFixed(0)} external ${((m.get("nodejs_external_memory_bytes") ?? 0) / 2 ** 20).toFixed(0)}`;
       };
-      process.stderr.write(
-        `${engine}: once they have gone ${JSON.stringify(rest)} MB (idle before ${JSON.stringify(idle)} MB) server ${await heap(server)} agent ${await heap(agent)}\n`,
-      );
+      const gone = `once they have gone ${JSON.stringify(rest)} MB (idle before ${JSON.stringify(idle)} MB) server ${await heap(server)} agent ${await heap(agent)}`;
+      process.stderr.write(`${engine}: ${gone}\n`);
+      // And once they have gone, the roles give back what they held: 10-17 MB over idle with
+      // quiche (the issue asks for 20; a loaded machine's margin on top), where 28-70 stayed
+      // before the releases. Bun's node:quic agent keeps 23-30 MB of its own that neither a
+      // collection nor malloc_trim returns. Node cannot trim (no FFI).
+      if (currentRuntime().kind === "bun") {
+        for (const role of ["server", "agent"] as const) {
+          const leftover = engine === "node-quic" && role === "agent" ? 40 : 24;
+          assert.ok(rest[role] < idle[role] + leftover, `${role} within ${leftover} MB of where it started: ${gone}`);
+        }
+      }
     });
 
     test("clients that never read and then leave give back all of the connection's receive window (no --max-buffered)", {

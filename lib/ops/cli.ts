@@ -22,7 +22,7 @@ export const COMMON_FLAGS = {
     kind: "size",
     value: "size",
     default: "64MiB",
-    help: "Bytes this process may hold for clients and targets that do not read what their tunnel brings (0: no limit). Flow control holds each sender back; past this total, or past half of it for one tunnel, the tunnel holding the most is ended (outcome over_budget). With node-quic, whose streams take data whatever the reader does, this is what bounds memory.",
+    help: "Bytes this process may hold for clients and targets that do not read what their tunnel brings (0: no limit). Flow control holds each sender back; past this total, or past half of it for one tunnel, the tunnel holding the most is ended (outcome over_budget), and what such tunnels held is given back to the system. With node-quic, whose streams take data whatever the reader does, this is what bounds memory.",
   },
   "tunnel-idle-timeout": {
     kind: "duration",

@@ -6,6 +6,8 @@
  * socket is up to 512 KiB, and Bun's `node:quic` keeps reading a stream whatever its reader does.
  * So the stalled directions are watched while there are any, and when together they hold more
  * than the budget, or one holds more than its share, the one stalled longest is ended with an error.
+ * What an ended or departed stall held is garbage then; `onFreed` hears of it, so that the process
+ * can give it back (lib/ops/memory.ts) before the next flood of it.
  *
  * @module
  */
@@ -40,16 +42,29 @@ export function engineHeld(stream: object): number {
 export class BufferBudget {
   readonly #limit: number;
   readonly #share: number;
-  /** Stalled directions, oldest stall first (a Set keeps insertion order). */
-  readonly #stalls = new Set<Stall>();
+  /** Stalled directions, oldest stall first (a Map keeps insertion order), with what each held when last measured. */
+  readonly #stalls = new Map<Stall, number>();
   #timer: ReturnType<typeof setInterval> | undefined;
+  readonly #onFreed: (() => void) | undefined;
+  /** Bytes that ended or departed stalls held, since `onFreed` last ran. */
+  #freed = 0;
   /** Tunnels ended by this budget so far. */
   aborted = 0;
 
-  /** `limit` bytes for the whole process (0: no limit); one tunnel may hold half of it. */
-  constructor(limit: number) {
+  /**
+   * `limit` bytes for the whole process (0: no limit); one tunnel may hold half of it. `onFreed`
+   * runs each time stalls that were ended, or closed while stalled, have together held an eighth
+   * of the limit: enough to be worth giving back, rarely enough to cost nothing while none ends.
+   */
+  constructor(limit: number, options: { onFreed?: () => void } = {}) {
     this.#limit = limit;
     this.#share = Math.floor(limit / 2);
+    this.#onFreed = options.onFreed;
+  }
+
+  /** Directions stalled now. */
+  get stalled(): number {
+    return this.#stalls.size;
   }
 
   /** The budget in bytes (0: none). */
@@ -60,7 +75,7 @@ export class BufferBudget {
   /** Watches `stall` until {@link resume}; measures at once, since a new stall is when memory grows. */
   stall(stall: Stall): void {
     if (this.#limit === 0) return;
-    this.#stalls.add(stall);
+    this.#stalls.set(stall, 0);
     if (this.#timer === undefined) {
       this.#timer = setInterval(() => this.check(), CHECK_MS);
       this.#timer.unref?.();
@@ -68,11 +83,19 @@ export class BufferBudget {
     this.check();
   }
 
-  /** `stall` moves again (or ended). */
+  /** `stall` moves again. */
   resume(stall: Stall): void {
     if (!this.#stalls.delete(stall) || this.#stalls.size > 0) return;
     clearInterval(this.#timer);
     this.#timer = undefined;
+  }
+
+  /** `stall` has ended (its tunnel closed); if it was still stalled, what it held is garbage now. */
+  ended(stall: Stall): void {
+    const held = this.#stalls.get(stall);
+    if (held === undefined) return;
+    this.resume(stall);
+    this.#free(held);
   }
 
   /**
@@ -81,9 +104,13 @@ export class BufferBudget {
    * again but each time anew.
    */
   check(): void {
-    const measured = [...this.#stalls].map((stall) => ({ stall, bytes: stall.held() }));
-    let total = measured.reduce((sum, { bytes }) => sum + bytes, 0);
-    for (const { stall, bytes } of measured) {
+    let total = 0;
+    for (const stall of this.#stalls.keys()) {
+      const bytes = stall.held();
+      this.#stalls.set(stall, bytes);
+      total += bytes;
+    }
+    for (const [stall, bytes] of [...this.#stalls]) {
       if (bytes <= this.#share && total <= this.#limit) continue;
       total -= bytes;
       this.resume(stall);
@@ -93,6 +120,14 @@ export class BufferBudget {
           ? `${bytes} bytes wait for a reader that does not keep up, over one tunnel's share (half of --max-buffered ${this.#limit})`
           : `${bytes} bytes wait for a reader that does not keep up, and stalled tunnels hold more than --max-buffered ${this.#limit}`;
       stall.abort(new BufferBudgetError(why));
+      this.#free(bytes);
     }
+  }
+
+  #free(bytes: number): void {
+    this.#freed += bytes;
+    if (this.#freed < this.#limit / 8) return;
+    this.#freed = 0;
+    this.#onFreed?.();
   }
 }

@@ -94,7 +94,7 @@ function forward(
   // emits "end" once nothing is buffered, paused or not, and would not emit it again.
   if (from.readableEnded) to.end();
   else from.once("end", () => to.end());
-  for (const stream of [from, to]) stream.once("close", () => options.budget?.resume(stall));
+  for (const stream of [from, to]) stream.once("close", () => options.budget?.ended(stall));
   from.resume();
 }
 

@@ -8,6 +8,7 @@
  */
 import type { Duplex } from "node:stream";
 import type { Logger } from "../ops/log.ts";
+import { type MemoryRelease, memoryRelease } from "../ops/memory.ts";
 import { Counter, Gauge, Histogram, type Registry } from "../ops/metrics.ts";
 import { BufferBudget, BufferBudgetError } from "./budget.ts";
 import { replyAndClose } from "./connect.ts";
@@ -57,6 +58,7 @@ export class Tunnels {
   readonly #responses: Counter;
   readonly #durations: Histogram;
   readonly #budget: BufferBudget;
+  readonly #release: MemoryRelease;
   #count = 0;
   #idleWaiters: Array<() => void> = [];
 
@@ -66,7 +68,16 @@ export class Tunnels {
    */
   constructor(registry: Registry, options: { role: string; max: number; log: Logger; maxBuffered?: number }) {
     this.#role = options.role;
-    this.#budget = new BufferBudget(options.maxBuffered ?? 0);
+    this.#release = memoryRelease({
+      quiet: () => this.#budget.stalled === 0,
+      onRelease: ({ rssBeforeBytes, rssAfterBytes, ms }) =>
+        this.#log.debug("released the memory of tunnels that did not read: resident {before} -> {after} MB in {ms} ms", {
+          before: Math.round(rssBeforeBytes / 2 ** 20),
+          after: Math.round(rssAfterBytes / 2 ** 20),
+          ms: Math.round(ms),
+        }),
+    });
+    this.#budget = new BufferBudget(options.maxBuffered ?? 0, { onFreed: () => this.#release.request() });
     this.#max = options.max;
     this.#log = options.log;
     this.#active = new Gauge(registry, "quic_tunnel_tunnels_active", "Tunnels open now, from accept to end.");

@@ -74,3 +74,27 @@ test("a budget of 0 watches nothing", () => {
   budget.check();
   assert.equal(stall.aborted, undefined);
 });
+
+test("an eighth of the budget held by stalls that were ended, or closed stalled, is reported freed; stalls that drained are not", () => {
+  let freed = 0;
+  const budget = new BufferBudget(1000, { onFreed: () => freed++ });
+  const drained = fakeStall(400);
+  budget.stall(drained);
+  budget.resume(drained);
+  budget.ended(drained);
+  assert.equal(freed, 0, "a stall that drained and then closed held nothing any more");
+  const small = fakeStall(100);
+  budget.stall(small);
+  budget.ended(small);
+  assert.equal(freed, 0, "100 bytes are less than an eighth of 1000");
+  const stalls = Array.from({ length: 6 }, () => fakeStall(200));
+  for (const stall of stalls) budget.stall(stall);
+  assert.equal(freed, 1, "the budget ended one stall of 200: 300 freed in all");
+  budget.ended(stalls[0]);
+  assert.equal(freed, 1, "the ended stall's close is not counted twice");
+  budget.ended(stalls[1]);
+  assert.equal(freed, 2, "a stall of 200 whose tunnel closed while it waited");
+  assert.equal(budget.stalled, 4);
+  for (const stall of stalls) budget.resume(stall);
+  assert.equal(budget.stalled, 0);
+});
