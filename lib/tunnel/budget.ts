@@ -28,14 +28,23 @@ export class BufferBudgetError extends Error {
 /** How often stalled directions are measured, while there are any. */
 const CHECK_MS = 100;
 
-/** Streams whose engine holds bytes a reader has not taken (Bun's `node:quic`, quiche). */
+/**
+ * Streams whose engine holds bytes of their own: for a reader that has not taken them (Bun's
+ * `node:quic`, quiche), or written and not yet sent (`node:quic`'s writer buffer).
+ */
 interface EngineHeld {
   readonly heldForReader?: number;
+  readonly heldForWriter?: number;
 }
 
 /** Bytes the engine behind `stream` holds for its reader, when it says. */
 export function engineHeld(stream: object): number {
   return (stream as EngineHeld).heldForReader ?? 0;
+}
+
+/** Bytes the engine behind `stream` holds that were written to it and not sent yet, when it says. */
+export function engineHeldForWriter(stream: object): number {
+  return (stream as EngineHeld).heldForWriter ?? 0;
 }
 
 /** The budget of one process; see the module documentation. */

@@ -7,7 +7,7 @@
  * @module
  */
 import type { Duplex } from "node:stream";
-import { type BufferBudget, type BufferBudgetError, engineHeld, type Stall } from "./budget.ts";
+import { type BufferBudget, type BufferBudgetError, engineHeld, engineHeldForWriter, type Stall } from "./budget.ts";
 
 /** What a finished {@link pipeBoth} moved, and the first error that ended it early. */
 export interface PipeResult {
@@ -66,7 +66,7 @@ function forward(
 ): void {
   let waiting = false;
   const stall: Stall = {
-    held: () => to.writableLength + from.readableLength + engineHeld(from),
+    held: () => to.writableLength + engineHeldForWriter(to) + from.readableLength + engineHeld(from),
     abort: (err: BufferBudgetError) => options.abort(err),
   };
   const resume = () => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { memoryRelease } from "../../lib/ops/memory.ts";
-import { until } from "../wait.ts";
+import { pause, until } from "../wait.ts";
 
 /** A weak reference to a buffer of tunnel size that nothing else holds. */
 function garbage(): WeakRef<Buffer> {
@@ -20,15 +20,17 @@ test("a release collects what nothing holds any more, on a later turn, without w
   assert.ok(alive <= 4, `${alive} of 64 unreferenced buffers survived the release`);
 });
 
-test("requests within the interval fold into one release after it", async () => {
-  let runs = 0;
-  const release = memoryRelease({ intervalMs: 200, quiet: () => false, onRelease: () => runs++ });
+test("requests within the interval fold into one release after it, and one more follows once they stop", async () => {
+  const runs: number[] = [];
+  const release = memoryRelease({ intervalMs: 100, quiet: () => false, onRelease: () => runs.push(performance.now()) });
+  const started = performance.now();
   release.request();
-  await until(() => runs === 1, "the first release", { timeoutMs: 5_000, intervalMs: 5 });
-  const first = performance.now();
+  await until(() => runs.length === 1, "the first release", { timeoutMs: 5_000, intervalMs: 5 });
   for (let i = 0; i < 50; i++) release.request();
-  await until(() => runs === 2, "the folded release", { timeoutMs: 5_000, intervalMs: 5 });
-  assert.ok(performance.now() - first >= 150, "the second release waited for the interval");
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  assert.equal(runs, 2, "fifty requests made one release");
+  await until(() => runs.length === 2, "the folded release", { timeoutMs: 5_000, intervalMs: 5 });
+  assert.ok(runs[1] - runs[0] >= 80, "the second release waited for the interval");
+  await until(() => runs.length === 3, "the release once requests stopped", { timeoutMs: 5_000, intervalMs: 5 });
+  assert.ok(runs[2] - started >= 380, "it came four intervals after the last request");
+  await pause(600);
+  assert.equal(runs.length, 3, "fifty-one requests made three releases");
 });

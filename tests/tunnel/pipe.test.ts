@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import type net from "node:net";
 import { Duplex } from "node:stream";
 import { test } from "node:test";
+import { BufferBudget, BufferBudgetError } from "../../lib/tunnel/budget.ts";
 import { pipeBoth } from "../../lib/tunnel/pipe.ts";
 import { socketPair as pairOfSockets } from "../fixtures.ts";
 import { pause, until } from "../wait.ts";
@@ -210,4 +211,26 @@ test("bytes still draining to a slow reader keep a tunnel from idling out", asyn
   const result = await pipeBoth(source, slow, { idleTimeoutMs: 200 });
   assert.equal(result.error, undefined, `the tunnel ended early: ${result.error?.message} after ${received} bytes`);
   assert.equal(received, 4 << 20);
+});
+
+test("bytes an engine holds for a stalled writer count toward the budget (node:quic's writer buffer)", async () => {
+  /** A stream that takes writes into an engine buffer it reports, and never has room again. */
+  class EngineStream extends Duplex {
+    heldForWriter = 0;
+    override _read(): void {}
+    override _write(chunk: Buffer): void {
+      this.heldForWriter += chunk.length;
+    }
+  }
+  const budget = new BufferBudget(1000);
+  const source = new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() });
+  const engine = new EngineStream({ writableHighWaterMark: 16 });
+  const piping = pipeBoth(source, engine, { budget });
+  // 300 bytes wait in the writer's queue and 300 in the engine: over one tunnel's share (500),
+  // though the queue alone is not.
+  source.push(Buffer.alloc(300));
+  const result = await Promise.race([piping, pause(2_000).then(() => undefined)]);
+  assert.ok(result !== undefined, "the budget ended the tunnel");
+  assert.ok(result.error instanceof BufferBudgetError, `ended by the budget: ${result.error}`);
+  assert.match(result.error.message, /600 bytes wait/);
 });

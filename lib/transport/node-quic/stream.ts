@@ -59,7 +59,9 @@ export class NodeQuicStream extends Duplex implements QuicStream {
   #readDone = false;
 
   constructor(stream: NodeStream, owner: StreamOwner) {
-    super({ allowHalfOpen: true, highWaterMark: 256 * 1024 });
+    // The writer's native buffer keeps a writer busy; a small queue before it keeps 1,000 stalled
+    // tunnels from holding 256 KiB more each (as the quiche engine's does).
+    super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024 });
     this.#stream = stream;
     this.#owner = owner;
     this.#iterator = stream[Symbol.asyncIterator]();
@@ -74,6 +76,12 @@ export class NodeQuicStream extends Duplex implements QuicStream {
   /** Bytes node:quic holds for this stream that it has not handed to us yet. */
   get heldForReader(): number {
     return unreadBytes(this.#stream);
+  }
+
+  /** Bytes node:quic's writer holds for this stream that the peer has not been sent yet. */
+  get heldForWriter(): number {
+    const desired = this.#writer?.desiredSize;
+    return desired === undefined || desired === null ? 0 : Math.max(0, WRITER_BUFFER - desired);
   }
 
   override _read(): void {
