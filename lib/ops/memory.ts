@@ -3,9 +3,10 @@
  * stop reading makes a role read and drop hundreds of MB within seconds; the collector runs late
  * for garbage made that fast (measured on Bun: a heap of 120-150 MB of which 45-60 were live), and
  * what it frees stays resident in the allocators (quiche's buffers in glibc's, Bun's own). So the
- * budget asks for a release when it ends tunnels or a stalled one goes, and a release is a full
- * collection, then glibc's `malloc_trim` where the runtime can call it, and, once nothing is stalled
- * any more, Bun's `shrink` (it also drops compiled code, too dear while a flood lasts).
+ * budget (lib/tunnel/budget.ts) asks for a release each time the stalls it ended, or that went while
+ * stalled, have held an eighth of it, and a release is a full collection, then glibc's `malloc_trim`
+ * where the runtime can call it, and, once nothing is stalled any more, Bun's `shrink` (it also
+ * drops compiled code, too dear while a flood lasts).
  *
  * Runtime-specific code stays in this module: `Bun.gc`, `Bun.shrink` and `bun:ffi` on Bun, V8's
  * `gc` (exposed at run time, as `--expose-gc` would) on Node and Deno, and `Deno.dlopen`.
