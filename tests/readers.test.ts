@@ -167,7 +167,7 @@ for (const engine of ENGINES) {
       };
       const gone = `once they have gone ${JSON.stringify(rest)} MB (idle before ${JSON.stringify(idle)} MB) server ${await heap(server)} agent ${await heap(agent)}`;
       process.stderr.write(`${engine}: ${gone}\n`);
-      // And once they have gone, the roles give back what they held: 10-17 MB over idle with
+      // And once they have gone, the roles give back what they held: 10-20 MB over idle with
       // quiche (the issue asks for 20; a loaded machine's margin on top), where 28-70 stayed
       // before the releases. Bun's node:quic agent keeps 23-30 MB of its own that neither a
       // collection nor malloc_trim returns. Node cannot trim (no FFI).
