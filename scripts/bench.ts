@@ -35,6 +35,7 @@ import {
   run,
   runtimeCommand,
   spawnProcess,
+  splitRoleArgs,
   startAgent,
   startReferenceServer,
   startServer,
@@ -132,8 +133,7 @@ interface Options {
 }
 
 function parseOptions(): Options {
-  const argv = process.argv.slice(2);
-  const split = argv.indexOf("--");
+  const { own, roles } = splitRoleArgs();
   let parsed: ReturnType<typeof parse>;
   function parse(args: string[]) {
     return parseArgs({
@@ -153,7 +153,7 @@ function parseOptions(): Options {
     });
   }
   try {
-    parsed = parse(split < 0 ? argv : argv.slice(0, split));
+    parsed = parse(own);
   } catch (err) {
     process.stderr.write(`bench: ${(err as Error).message}\n\n${USAGE}`);
     process.exit(2);
@@ -190,7 +190,7 @@ function parseOptions(): Options {
     reference,
     paths,
     json: values.json,
-    roleArgs: split < 0 ? [] : argv.slice(split + 1),
+    roleArgs: roles,
   };
 }
 

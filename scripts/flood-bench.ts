@@ -10,13 +10,21 @@
  *
  * @module
  */
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { agentArgs, type RoleProcess, scratchCerts, spawnProcess, startAgent, startReferenceServer, startServer } from "./roles.ts";
-import { startHttpTarget } from "./traffic.ts";
+import {
+  agentArgs,
+  type RoleProcess,
+  scratchCerts,
+  spawnProcess,
+  splitRoleArgs,
+  startAgent,
+  startReferenceServer,
+  startServer,
+} from "./roles.ts";
+import { nonReadingClients, startHttpTarget } from "./traffic.ts";
 
 const USAGE = `Usage: bun run scripts/flood-bench.ts [options] [-- flags for our server and agent]
        npm run bench:flood -- [options] [-- flags for our server and agent]
@@ -33,10 +41,9 @@ Options:
   -h, --help         print this help
 `;
 
-const dashes = process.argv.indexOf("--", 2);
-const roleArgs = dashes >= 0 ? process.argv.slice(dashes + 1) : [];
+const { own, roles: roleArgs } = splitRoleArgs();
 const { values } = parseArgs({
-  args: process.argv.slice(2, dashes >= 0 ? dashes : undefined),
+  args: own,
   options: {
     paths: { type: "string" },
     reference: { type: "string", default: process.env.QUIC_TUNNEL_REFERENCE },
@@ -53,23 +60,6 @@ if (values.help) {
 }
 const paths = (values.paths ?? (values.reference ? "quiche,node-quic,reference" : "quiche,node-quic")).split(",");
 if (paths.includes("reference") && !values.reference) throw new Error("--paths reference needs --reference DIR");
-
-/** The clients: connect all, print "ready", hold, close all; print how many connected. */
-const NON_READERS = `
-import socket, sys, time
-port, target, count, mib, hold = (int(arg) for arg in sys.argv[1:6])
-clients = []
-for _ in range(count):
-    c = socket.socket()
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    c.connect(("127.0.0.1", port))
-    c.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n\\r\\nGET /mib/%d HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n" % (target, mib))
-    clients.append(c)
-print("ready", flush=True)
-time.sleep(hold)
-for c in clients:
-    c.close()
-`;
 
 const ANSWER_BYTES = 65536;
 
@@ -143,12 +133,7 @@ for (const path of paths) {
     for (const role of ["server", "agent"] as const) peak[role] = Math.max(peak[role], rssMb(pids[role]));
   }, 50);
   const cpuBefore = { server: cpuTicks(pids.server), agent: cpuTicks(pids.agent) };
-  const clients = spawn(
-    "python3",
-    ["-c", NON_READERS, String(proxyPort), String(target.port), values.clients as string, values.mib as string, values.hold as string],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  );
-  await new Promise((resolve) => clients.stdout?.once("data", resolve));
+  const clients = await nonReadingClients(proxyPort, { target: target.port, count: Number(values.clients), mib: Number(values.mib) });
   const during: string[] = [];
   const probing = (async () => {
     for (let i = 0; i < 5; i++) {
@@ -156,7 +141,8 @@ for (const path of paths) {
       await new Promise((resolve) => setTimeout(resolve, 300));
     }
   })();
-  await new Promise((resolve) => clients.once("exit", resolve));
+  await new Promise((resolve) => setTimeout(resolve, Number(values.hold) * 1000));
+  await clients.close();
   await probing;
   await new Promise((resolve) => setTimeout(resolve, 2_000));
   clearInterval(sampler);

@@ -16,7 +16,17 @@ import net from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startLossyRelay } from "../tests/harness.ts";
-import { agentArgs, type RoleProcess, run, scratchCerts, spawnProcess, startAgent, startReferenceServer, startServer } from "./roles.ts";
+import {
+  agentArgs,
+  type RoleProcess,
+  run,
+  scratchCerts,
+  spawnProcess,
+  splitRoleArgs,
+  startAgent,
+  startReferenceServer,
+  startServer,
+} from "./roles.ts";
 import { expectedSha256, sha256, startHttpTarget } from "./traffic.ts";
 
 const USAGE = `Usage: bun run scripts/loss-bench.ts [options] [-- flags for our server and agent]
@@ -37,10 +47,9 @@ Options:
 Flags after a lone -- go to our server and agent, e.g. -- --cc bbr.
 `;
 
-const dashes = process.argv.indexOf("--", 2);
-const roleArgs = dashes >= 0 ? process.argv.slice(dashes + 1) : [];
+const { own, roles: roleArgs } = splitRoleArgs();
 const { values } = parseArgs({
-  args: process.argv.slice(2, dashes >= 0 ? dashes : undefined),
+  args: own,
   options: {
     paths: { type: "string" },
     reference: { type: "string", default: process.env.QUIC_TUNNEL_REFERENCE },

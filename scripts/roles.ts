@@ -49,6 +49,12 @@ export function agentArgs(server: string, certs: Pick<DevCertPaths, "ca" | "clie
   return ["--server", server, "--ca-file", certs.ca, "--cert-file", certs.clientCert, "--cert-key", certs.clientKey];
 }
 
+/** A benchmark's own arguments, and those after a lone `--` that go to our server and agent. */
+export function splitRoleArgs(argv: string[] = process.argv.slice(2)): { own: string[]; roles: string[] } {
+  const dashes = argv.indexOf("--");
+  return dashes < 0 ? { own: argv, roles: [] } : { own: argv.slice(0, dashes), roles: argv.slice(dashes + 1) };
+}
+
 /** A role script running as a child process, its stderr collected. */
 export interface RoleProcess {
   child: ChildProcess;

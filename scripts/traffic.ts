@@ -1,10 +1,11 @@
 /**
  * Traffic for the tunnel from the project's own tooling (tests, soak, benchmarks): a local HTTP
- * target serving deterministic bodies whose sha256 is known in any process, a raw TCP client, and
- * a CONNECT timer outside any JavaScript event loop.
+ * target serving deterministic bodies whose sha256 is known in any process, a raw TCP client, a
+ * CONNECT timer outside any JavaScript event loop, and clients that never read.
  *
  * @module
  */
+import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import http from "node:http";
 import net from "node:net";
@@ -180,4 +181,55 @@ export async function connectTimes(
   });
   if (result.code !== 0) throw new Error(`the CONNECT timer failed (exit ${result.code}): ${result.stderr.trim()}`);
   return JSON.parse(result.stdout.toString());
+}
+
+/** The clients of {@link nonReadingClients}: a Python process that holds them until `close`. */
+export interface NonReadingClients {
+  child: ChildProcess;
+  /** Closes every client and resolves once the process has exited. */
+  close(): Promise<void>;
+}
+
+const NON_READING_CLIENTS = `
+import socket, sys
+port, target, count, mib, half_close = (int(arg) for arg in sys.argv[1:6])
+clients = []
+for _ in range(count):
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.connect(("127.0.0.1", port))
+    c.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n\\r\\nGET /mib/%d HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n" % (target, mib))
+    if half_close:
+        c.shutdown(socket.SHUT_WR)
+    clients.append(c)
+print("ready", flush=True)
+sys.stdin.read()
+for c in clients:
+    c.close()
+`;
+
+/**
+ * `count` clients of the proxy at `proxyPort`, each asking for `mib` MiB of the HTTP target at
+ * `target` and never reading a byte of it, with 4 KiB receive buffers (a JavaScript socket cannot
+ * shrink its own). Resolves once all are connected and have sent their request. With `halfClose`
+ * each ends its sending side after the request, as a client whose request is complete may.
+ */
+export async function nonReadingClients(
+  proxyPort: number,
+  options: { target: number; count: number; mib: number; halfClose?: boolean },
+): Promise<NonReadingClients> {
+  const args = [proxyPort, options.target, options.count, options.mib, options.halfClose ? 1 : 0].map(String);
+  const child = spawn("python3", ["-c", NON_READING_CLIENTS, ...args], { stdio: ["pipe", "pipe", "inherit"] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.once("data", () => resolve());
+    child.once("exit", (code) => reject(new Error(`the non-reading clients exited with ${code}`)));
+  });
+  return {
+    child,
+    close: () =>
+      new Promise((resolve) => {
+        child.once("exit", () => resolve());
+        child.stdin?.end();
+      }),
+  };
 }

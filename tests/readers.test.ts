@@ -5,8 +5,9 @@
  * non-reader abandoned, until the connection could carry nothing).
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { after, describe, test } from "node:test";
+import { type NonReadingClients, nonReadingClients } from "../scripts/traffic.ts";
 import { httpTargetFixture, rssMb, trackProcesses } from "./fixtures.ts";
 import { currentRuntime, ENGINES, rawExchange, roleMetrics, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
 import { pause, until } from "./wait.ts";
@@ -18,49 +19,11 @@ after(() => {
 });
 const target = httpTargetFixture();
 
-/**
- * `count` clients, each asking for `mib` MiB through the tunnel and never reading a byte of it,
- * with 4 KiB receive buffers (a JavaScript socket cannot shrink its own): a Python process that
- * holds them until {@link NonReaders.close}. With `halfClose` each ends its sending side after
- * the request, as a client whose request is complete may.
- */
-interface NonReaders {
-  close(): Promise<void>;
-}
-
-const NON_READERS = `
-import socket, sys
-port, target, count, mib, half_close = (int(arg) for arg in sys.argv[1:6])
-clients = []
-for _ in range(count):
-    c = socket.socket()
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    c.connect(("127.0.0.1", port))
-    c.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n\\r\\nGET /mib/%d HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n" % (target, mib))
-    if half_close:
-        c.shutdown(socket.SHUT_WR)
-    clients.append(c)
-print("ready", flush=True)
-sys.stdin.read()
-for c in clients:
-    c.close()
-`;
-
-async function nonReaders(proxyPort: number, options: { count: number; mib: number; halfClose?: boolean }): Promise<NonReaders> {
-  const args = [proxyPort, target.port, options.count, options.mib, options.halfClose ? 1 : 0].map(String);
-  const child = spawn("python3", ["-c", NON_READERS, ...args], { stdio: ["pipe", "pipe", "inherit"] });
-  children.push(child);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout?.once("data", () => resolve());
-    child.once("exit", (code) => reject(new Error(`the non-reading clients exited with ${code}`)));
-  });
-  return {
-    close: () =>
-      new Promise((resolve) => {
-        child.once("exit", () => resolve());
-        child.stdin?.end();
-      }),
-  };
+/** {@link nonReadingClients} toward the shared target, killed if a test leaves them behind. */
+async function nonReaders(proxyPort: number, options: { count: number; mib: number; halfClose?: boolean }): Promise<NonReadingClients> {
+  const clients = await nonReadingClients(proxyPort, { ...options, target: target.port });
+  children.push(clients.child);
+  return clients;
 }
 
 /**
