@@ -30,6 +30,7 @@ import { parseArgs } from "node:util";
 import { ensureDevCerts } from "./dev-certs.ts";
 import {
   agentArgs,
+  cpuSeconds,
   ROOT,
   type RoleProcess,
   run,
@@ -39,6 +40,7 @@ import {
   startAgent,
   startReferenceServer,
   startServer,
+  statusMb,
 } from "./roles.ts";
 import { connectTimes } from "./traffic.ts";
 
@@ -204,28 +206,6 @@ const median = (xs: number[]) => {
 };
 const percentile = (xs: number[], p: number) =>
   xs.length === 0 ? Number.NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
-
-/** A field of /proc/PID/status in MB (NaN once the process is gone). */
-function statusMb(pid: number | undefined, field: string): number {
-  try {
-    const match = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return match ? Number(match[1]) / 1024 : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-const TICKS_PER_SECOND = 100;
-/** User + system CPU seconds the process used so far (NaN once it is gone). */
-function cpuSeconds(pid: number | undefined): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
-  } catch {
-    return Number.NaN;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Processes and cleanup

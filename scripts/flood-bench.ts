@@ -10,12 +10,12 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import {
   agentArgs,
+  cpuSeconds,
   type RoleProcess,
   scratchCerts,
   spawnProcess,
@@ -23,6 +23,7 @@ import {
   startAgent,
   startReferenceServer,
   startServer,
+  statusMb,
 } from "./roles.ts";
 import { nonReadingClients, startHttpTarget } from "./traffic.ts";
 
@@ -94,14 +95,6 @@ function freshTunnel(proxyPort: number, targetPort: number): Promise<string> {
   });
 }
 
-const rssMb = (pid: number | undefined) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
-const cpuTicks = (pid: number | undefined) =>
-  readFileSync(`/proc/${pid}/stat`, "utf8")
-    .split(") ")[1]
-    .split(" ")
-    .slice(11, 13)
-    .reduce((sum, ticks) => sum + Number(ticks), 0);
-
 /** A server and an agent of `path`, ready to carry tunnels. */
 async function startPath(path: string): Promise<{ server: RoleProcess; agent: RoleProcess; proxyPort: number }> {
   const certs = scratchCerts();
@@ -127,12 +120,12 @@ for (const path of paths) {
   const pids = { server: server.child.pid, agent: agent.child.pid };
   const first = await freshTunnel(proxyPort, target.port);
   await new Promise((resolve) => setTimeout(resolve, 500));
-  const idle = { server: rssMb(pids.server), agent: rssMb(pids.agent) };
+  const idle = { server: statusMb(pids.server, "VmRSS"), agent: statusMb(pids.agent, "VmRSS") };
   const peak = { ...idle };
   const sampler = setInterval(() => {
-    for (const role of ["server", "agent"] as const) peak[role] = Math.max(peak[role], rssMb(pids[role]));
+    for (const role of ["server", "agent"] as const) peak[role] = Math.max(peak[role], statusMb(pids[role], "VmRSS"));
   }, 50);
-  const cpuBefore = { server: cpuTicks(pids.server), agent: cpuTicks(pids.agent) };
+  const cpuBefore = { server: cpuSeconds(pids.server), agent: cpuSeconds(pids.agent) };
   const clients = await nonReadingClients(proxyPort, { target: target.port, count: Number(values.clients), mib: Number(values.mib) });
   const during: string[] = [];
   const probing = (async () => {
@@ -146,12 +139,12 @@ for (const path of paths) {
   await probing;
   await new Promise((resolve) => setTimeout(resolve, 2_000));
   clearInterval(sampler);
-  const cpu = { server: cpuTicks(pids.server) - cpuBefore.server, agent: cpuTicks(pids.agent) - cpuBefore.agent };
-  const gone = { server: rssMb(pids.server), agent: rssMb(pids.agent) };
+  const cpu = { server: cpuSeconds(pids.server) - cpuBefore.server, agent: cpuSeconds(pids.agent) - cpuBefore.agent };
+  const gone = { server: statusMb(pids.server, "VmRSS"), agent: statusMb(pids.agent, "VmRSS") };
   const afterwards = await freshTunnel(proxyPort, target.port);
   const mb = (figures: Record<"server" | "agent", number>) => `${figures.server.toFixed(0)} / ${figures.agent.toFixed(0)}`;
   rows.push(
-    `| ${path} | ${mb(idle)} | ${mb(peak)} | ${mb(gone)} | ${cpu.server / 100} / ${cpu.agent / 100} | ${during.join(", ")} | ${afterwards} (before: ${first}) |`,
+    `| ${path} | ${mb(idle)} | ${mb(peak)} | ${mb(gone)} | ${cpu.server.toFixed(2)} / ${cpu.agent.toFixed(2)} | ${during.join(", ")} | ${afterwards} (before: ${first}) |`,
   );
   await Promise.all([server.stop(), agent.stop()]);
 }

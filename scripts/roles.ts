@@ -8,7 +8,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import dgram from "node:dgram";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -47,6 +47,28 @@ export function serverTlsArgs(certs: Pick<DevCertPaths, "ca" | "serverCert" | "s
 /** The flags of an agent dialing `server` (host:port) with `certs`. */
 export function agentArgs(server: string, certs: Pick<DevCertPaths, "ca" | "clientCert" | "clientKey">): string[] {
   return ["--server", server, "--ca-file", certs.ca, "--cert-file", certs.clientCert, "--cert-key", certs.clientKey];
+}
+
+/** A field of /proc/PID/status in MB (NaN once the process is gone). */
+export function statusMb(pid: number | undefined, field: string): number {
+  try {
+    const match = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match ? Number(match[1]) / 1024 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+const TICKS_PER_SECOND = 100;
+/** User + system CPU seconds the process used so far (NaN once it is gone). */
+export function cpuSeconds(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 /** A benchmark's own arguments, and those after a lone `--` that go to our server and agent. */

@@ -7,14 +7,13 @@
  *
  * @module
  */
-import { readdirSync, readFileSync } from "node:fs";
-import { startAgent, startServer } from "./roles.ts";
+import { readdirSync } from "node:fs";
+import { startAgent, startServer, statusMb } from "./roles.ts";
 import { rawExchange, startHttpTarget } from "./traffic.ts";
 
 const bursts = Number(process.argv[2] ?? 24);
 const perBurst = Number(process.argv[3] ?? 1000);
-const rssMb = (pid: number | undefined) =>
-  Math.round(Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024);
+const rssMb = (pid: number | undefined) => Math.round(statusMb(pid, "VmRSS"));
 const fds = (pid: number | undefined) => readdirSync(`/proc/${pid}/fd`).length;
 
 const target = await startHttpTarget();

@@ -101,22 +101,24 @@ export interface MemoryReleaseOptions {
  */
 export function memoryRelease(options: MemoryReleaseOptions): MemoryRelease {
   const intervalMs = options.intervalMs ?? 250;
-  const collect = collector();
-  const trim = trimmer();
+  // Found on the first request, not at start: a role that never meets a flood never loads FFI
+  // or sets V8 flags.
+  let steps: { collect: (() => void) | undefined; trim: (() => void) | undefined } | undefined;
   let lastRun = Number.NEGATIVE_INFINITY;
   let soon: ReturnType<typeof setTimeout> | undefined;
   let settled: ReturnType<typeof setTimeout> | undefined;
   const run = () => {
     lastRun = performance.now();
     const rssBeforeBytes = process.memoryUsage.rss();
-    collect?.();
-    trim?.();
+    steps?.collect?.();
+    steps?.trim?.();
     if (options.quiet()) bun?.shrink?.();
     options.onRelease?.({ rssBeforeBytes, rssAfterBytes: process.memoryUsage.rss(), ms: performance.now() - lastRun });
   };
   return {
     request() {
-      if (collect === undefined) return;
+      steps ??= { collect: collector(), trim: trimmer() };
+      if (steps.collect === undefined) return;
       clearTimeout(settled);
       settled = setTimeout(run, 4 * intervalMs);
       settled.unref?.();
