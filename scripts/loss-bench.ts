@@ -42,6 +42,9 @@ Options:
   --concurrency N    short tunnels at a time (default 20)
   --bulk-loss LIST   loss each way for the downloads, comma-separated (default 0.01,0.05)
   --mib N            MiB per download (default 64)
+  --bottleneck K:B   then one download, without loss, through a K kbit/s link behind a B-byte
+                     tail-drop queue each way (default 50000:65536; "" skips it): MiB/s and the
+                     share of datagrams the full queue dropped
   -h, --help         print this help
 
 Flags after a lone -- go to our server and agent, e.g. -- --cc bbr.
@@ -58,6 +61,7 @@ const { values } = parseArgs({
     concurrency: { type: "string", default: "20" },
     "bulk-loss": { type: "string", default: "0.01,0.05" },
     mib: { type: "string", default: "64" },
+    bottleneck: { type: "string", default: "50000:65536" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -70,6 +74,7 @@ const tunnels = Number(values.tunnels);
 const concurrency = Number(values.concurrency);
 const bulkLosses = (values["bulk-loss"] ?? "").split(",").filter(Boolean).map(Number);
 const mib = Number(values.mib);
+const [bottleneckKbps, queueBytes] = (values.bottleneck ?? "").split(":").map(Number);
 const paths = (values.paths ?? (values.reference ? "quiche,node-quic,reference" : "quiche,node-quic")).split(",");
 if (paths.includes("reference") && !values.reference) throw new Error("--paths reference needs --reference DIR");
 
@@ -125,6 +130,22 @@ interface PathResult {
   name: string;
   short?: { seconds: number; outcomes: Record<string, number>; forwarded: number; dropped: number };
   bulk: { loss: number; mibPerSecond: number; intact: boolean }[];
+  bottleneck?: { mibPerSecond: number; intact: boolean; overflowedShare: number };
+}
+
+/** Downloads `mib` MiB through the tunnel server at `tcpPort`: MiB/s, and whether it is intact. */
+async function download(tcpPort: number): Promise<{ mibPerSecond: number; intact: boolean }> {
+  const t0 = performance.now();
+  const down = await run(
+    "curl",
+    ["-sS", "--max-time", "300", "-p", "--proxy", `127.0.0.1:${tcpPort}`, `http://127.0.0.1:${target.port}/mib/${mib}`],
+    {
+      timeoutMs: 310_000,
+    },
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  const intact = down.code === 0 && sha256(down.stdout) === expectedSha256(mib);
+  return { mibPerSecond: intact ? mib / seconds : 0, intact };
 }
 
 const certs = scratchCerts();
@@ -158,16 +179,22 @@ try {
     process.stderr.write(`${name}: short tunnels ${JSON.stringify(result.short)}\n`);
     for (const bulkLoss of bulkLosses) {
       await relay.setLoss(bulkLoss);
-      const t0 = performance.now();
-      const down = await run(
-        "curl",
-        ["-sS", "--max-time", "300", "-p", "--proxy", `127.0.0.1:${started.tcpPort}`, `http://127.0.0.1:${target.port}/mib/${mib}`],
-        { timeoutMs: 310_000 },
+      const { mibPerSecond, intact } = await download(started.tcpPort);
+      result.bulk.push({ loss: bulkLoss, mibPerSecond, intact });
+      process.stderr.write(`${name}: ${mib} MiB at ${bulkLoss * 100}% loss: ${mibPerSecond.toFixed(1)} MiB/s, intact ${intact}\n`);
+    }
+    if (bottleneckKbps > 0) {
+      await relay.setLoss(0);
+      await relay.setBottleneck(bottleneckKbps, queueBytes);
+      const before = await relay.stats();
+      const { mibPerSecond, intact } = await download(started.tcpPort);
+      const after = await relay.stats();
+      const overflowed = after.overflowed - before.overflowed;
+      const overflowedShare = overflowed / (after.forwarded - before.forwarded);
+      result.bottleneck = { mibPerSecond, intact, overflowedShare };
+      process.stderr.write(
+        `${name}: ${mib} MiB through the bottleneck: ${mibPerSecond.toFixed(1)} MiB/s, intact ${intact}, ${overflowed} datagrams overflowed\n`,
       );
-      const seconds = (performance.now() - t0) / 1000;
-      const intact = down.code === 0 && sha256(down.stdout) === expectedSha256(mib);
-      result.bulk.push({ loss: bulkLoss, mibPerSecond: intact ? mib / seconds : 0, intact });
-      process.stderr.write(`${name}: ${mib} MiB at ${bulkLoss * 100}% loss: ${(mib / seconds).toFixed(1)} MiB/s, intact ${intact}\n`);
     }
     results.push(result);
     for (const stop of stops.splice(0).reverse()) await stop();
@@ -190,6 +217,17 @@ for (const r of results) {
     `${r.name.padEnd(11)} ${s.seconds.toFixed(1).padStart(7)}  ${String(s.outcomes.ok).padEnd(6)} ${String(failed).padEnd(7)} ${((s.forwarded + s.dropped) / tunnels).toFixed(1).padStart(16)}  ${String(s.dropped).padEnd(8)}  ${bulk}`,
   );
   if (failed > 0) console.log(`            outcomes ${JSON.stringify(s.outcomes)}`);
+}
+if (bottleneckKbps > 0) {
+  console.log(`\n${mib} MiB, no loss, through a ${bottleneckKbps / 1000} Mbit/s link behind a ${queueBytes}-byte tail-drop queue each way`);
+  console.log("path        MiB/s  queue drops (share of datagrams)");
+  for (const r of results) {
+    const b = r.bottleneck;
+    if (b)
+      console.log(
+        `${r.name.padEnd(11)} ${(b.intact ? b.mibPerSecond.toFixed(1) : "FAILED").padStart(5)}  ${(b.overflowedShare * 100).toFixed(2)}%`,
+      );
+  }
 }
 
 /** The path's server: ours (with the engine named) or the reference's binary. */

@@ -136,12 +136,14 @@ export async function startUdpBalancer(targetPorts: number[], options: { seed?: 
 /** A lossy UDP relay process (tests/fixtures/lossy-relay.ts) in front of `targetPort`. */
 export interface LossyRelay {
   port: number;
-  /** Datagrams forwarded and dropped so far. */
-  stats(): Promise<{ forwarded: number; dropped: number }>;
+  /** Datagrams forwarded, dropped at random and dropped by a full bottleneck queue so far. */
+  stats(): Promise<{ forwarded: number; dropped: number; overflowed: number }>;
   /** Moves the client's traffic to a new source port toward the target, as a NAT does. */
   rebind(): Promise<void>;
   /** Drops `loss` of the datagrams from now on (1: UDP blocked). */
   setLoss(loss: number): Promise<void>;
+  /** Makes each direction a `kbps` link behind a queue of `queueBytes` (0, 0: none). */
+  setBottleneck(kbps: number, queueBytes: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -167,6 +169,11 @@ export async function startLossyRelay(targetPort: number, options: { loss: numbe
       child.stdin.write("rebind\n");
       const line = await nextLine();
       if (!/^rebound \d+$/.test(line)) throw new Error(`the relay answered rebind with ${JSON.stringify(line)}`);
+    },
+    async setBottleneck(kbps: number, queueBytes: number) {
+      child.stdin.write(`bottleneck ${kbps} ${queueBytes}\n`);
+      const line = await nextLine();
+      if (line !== `bottleneck ${kbps} ${queueBytes}`) throw new Error(`the relay answered bottleneck with ${JSON.stringify(line)}`);
     },
     async setLoss(loss: number) {
       child.stdin.write(`loss ${loss}\n`);
