@@ -11,7 +11,7 @@ import { ANNOUNCED_MAX_ACK_DELAY_MS } from "../../lib/transport/quiche/config.ts
 import type { QuicheConnection } from "../../lib/transport/quiche/connection.ts";
 import { quicheEngine } from "../../lib/transport/quiche/mod.ts";
 import { scratchCerts } from "../harness.ts";
-import { until } from "../wait.ts";
+import { pause, until } from "../wait.ts";
 import { clientTls, conformanceSuite, serverTls } from "./conformance.ts";
 import { initialPacket, parseRetry } from "./packets.ts";
 
@@ -82,6 +82,35 @@ describe("quiche engine: its own endpoint", () => {
     assert.equal((await accepted).native.stats().peerMaxAckDelay, ANNOUNCED_MAX_ACK_DELAY_MS, "the client's, as the server sees it");
     assert.ok(ANNOUNCED_MAX_ACK_DELAY_MS <= 5);
     client.close();
+  });
+
+  test("a server pings a silent agent while a stream is open, and never an idle one", async () => {
+    const server = await listen(false);
+    const accepted = new Promise<QuicheConnection>((resolve) =>
+      server.once("connection", (connection) => resolve(connection as QuicheConnection)),
+    );
+    const client = (await quicheEngine.connect({
+      host: "127.0.0.1",
+      port: server.address().port,
+      serverName: "quic-tunnel-server",
+      tls: clientTls(scratchCerts()),
+      transport: { keepAliveMs: 0, idleTimeoutMs: 30_000 },
+    })) as QuicheConnection;
+    const serverSide = await accepted;
+    const streamSeen = new Promise((resolve) => serverSide.once("stream", resolve));
+    try {
+      const quiet = serverSide.native.stats().sent;
+      await pause(2_500);
+      assert.equal(serverSide.native.stats().sent, quiet, "no stream open: the server sends nothing");
+      const stream = (await client.openStream()).on("error", () => {});
+      stream.write("x");
+      await streamSeen;
+      await pause(300); // the ACK of the stream's byte leaves first
+      const before = serverSide.native.stats().sent;
+      await until(() => serverSide.native.stats().sent > before, "a PING from the server while the stream is open", { timeoutMs: 4_000 });
+    } finally {
+      client.close();
+    }
   });
 
   test("without Retry the handshake also completes", async () => {

@@ -37,6 +37,19 @@ const FIN_COPIES_BEFORE_COLLECTION = 3;
 const FIN_REPEATS = 6;
 const FIN_REPEAT_MIN_MS = 10;
 const EMPTY = new Uint8Array(0);
+/**
+ * A server pings while streams are open, though it sends no keep-alives of its own otherwise (an
+ * idle agent is the agent's call). quiche 0.18 dates each packet by its pacer's release time
+ * (`SendInfo.at`), which the addon does not let us keep: packets leave when built, and after a
+ * busy event loop has inflated the RTT, bursts outran the pacing rate and the dates ran seconds
+ * ahead of the clock, loss timers with them. An agent sending into a full congestion window then
+ * waited seconds for a lost tail, sending nothing, not even its keep-alive (a PING waits for the
+ * window), while the server, with nothing to send, sent nothing either: past the 5 s idle timeout
+ * both ends gave up (64 MiB each way through 5% loss on a busy node: stalls of 0.6-4.8 s in half
+ * of 12 runs on Node, one fatal). An ACK never waits for the window, so the agent answers this
+ * PING, and the connection outlives the stall.
+ */
+const SERVER_KEEP_ALIVE_WITH_STREAMS_MS = 2_000;
 
 /** One flush per event-loop turn for every connection that received packets or has writes queued. */
 const dirty = new Set<QuicheConnection>();
@@ -430,11 +443,14 @@ export class QuicheConnection extends BaseConnection implements StreamHost {
     this.setPeerCertificate(chain?.[0]);
     this.established = true;
     this.#handshakeDeadline.cancel();
-    if (this.#options.keepAliveMs > 0) {
+    const keepAliveMs = this.#options.keepAliveMs;
+    const period = keepAliveMs > 0 ? keepAliveMs : this.#isServer ? SERVER_KEEP_ALIVE_WITH_STREAMS_MS : 0;
+    if (period > 0) {
       this.#keepAlive = setInterval(() => {
+        if (keepAliveMs === 0 && this.#streams.size === 0) return;
         this.native.sendAckEliciting();
         scheduleFlush(this);
-      }, this.#options.keepAliveMs);
+      }, period);
     }
     this.#onEstablished();
   }
