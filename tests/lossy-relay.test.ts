@@ -50,3 +50,25 @@ test("two clients of the lossy relay each get their own answers back, also after
     for (const { socket } of [echo, first, second]) socket.close();
   }
 });
+
+test("a bottleneck sends datagrams one after another at its rate and drops what its queue cannot hold", async () => {
+  const target = await udpSocket();
+  const relay = await startLossyRelay(target.port, { loss: 0 });
+  const client = await udpSocket();
+  const arrivals: number[] = [];
+  target.socket.on("message", () => arrivals.push(performance.now()));
+  try {
+    // 1,000 kbit/s is 8 ms per 1,000-byte datagram; a 3,000-byte queue holds three behind the one on the wire.
+    await relay.setBottleneck(1_000, 3_000);
+    for (let i = 0; i < 10; i++) client.socket.send(Buffer.alloc(1_000, i), relay.port, "127.0.0.1");
+    await until(async () => (await relay.stats()).overflowed + arrivals.length >= 10, "every datagram sent or dropped", { intervalMs: 20 });
+    await until(() => arrivals.length >= 4, "the queued datagrams");
+    const stats = await relay.stats();
+    assert.equal(stats.overflowed, 6);
+    assert.equal(arrivals.length, 4);
+    assert.ok(arrivals[3] - arrivals[0] >= 20, `the last left ${arrivals[3] - arrivals[0]} ms after the first, at the link's rate`);
+  } finally {
+    await relay.stop();
+    for (const { socket } of [target, client]) socket.close();
+  }
+});
