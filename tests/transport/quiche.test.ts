@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { after, before, describe, test } from "node:test";
+import type { TransportOptions } from "../../lib/protocol.ts";
 import type { QuicServer } from "../../lib/transport/mod.ts";
 import { ANNOUNCED_MAX_ACK_DELAY_MS } from "../../lib/transport/quiche/config.ts";
 import type { QuicheConnection } from "../../lib/transport/quiche/connection.ts";
@@ -32,6 +33,20 @@ describe("quiche engine: its own endpoint", () => {
     const server = await quicheEngine.listen({ host: "127.0.0.1", port: 0, tls: serverTls(scratchCerts()), retry });
     servers.push(server);
     return server;
+  };
+  /** A client connected to `server`, and the server's side of that connection. */
+  const connectedPair = async (server: QuicServer, transport?: Partial<TransportOptions>) => {
+    const accepted = new Promise<QuicheConnection>((resolve) =>
+      server.once("connection", (connection) => resolve(connection as QuicheConnection)),
+    );
+    const client = (await quicheEngine.connect({
+      host: "127.0.0.1",
+      port: server.address().port,
+      serverName: "quic-tunnel-server",
+      tls: clientTls(scratchCerts()),
+      transport,
+    })) as QuicheConnection;
+    return { client, serverSide: await accepted };
   };
   const exchange = (server: QuicServer, packet: Buffer) =>
     new Promise<Buffer>((resolve) => {
@@ -68,35 +83,15 @@ describe("quiche engine: its own endpoint", () => {
   });
 
   test("both ends announce a max_ack_delay of a couple of milliseconds, not 25: they acknowledge within the turn", async () => {
-    const server = await listen();
-    const accepted = new Promise<QuicheConnection>((resolve) =>
-      server.once("connection", (connection) => resolve(connection as QuicheConnection)),
-    );
-    const client = (await quicheEngine.connect({
-      host: "127.0.0.1",
-      port: server.address().port,
-      serverName: "quic-tunnel-server",
-      tls: clientTls(scratchCerts()),
-    })) as QuicheConnection;
+    const { client, serverSide } = await connectedPair(await listen());
     assert.equal(client.native.stats().peerMaxAckDelay, ANNOUNCED_MAX_ACK_DELAY_MS, "the server's, as the client sees it");
-    assert.equal((await accepted).native.stats().peerMaxAckDelay, ANNOUNCED_MAX_ACK_DELAY_MS, "the client's, as the server sees it");
+    assert.equal(serverSide.native.stats().peerMaxAckDelay, ANNOUNCED_MAX_ACK_DELAY_MS, "the client's, as the server sees it");
     assert.ok(ANNOUNCED_MAX_ACK_DELAY_MS <= 5);
     client.close();
   });
 
   test("a server pings a silent agent while a stream is open, and never an idle one", async () => {
-    const server = await listen(false);
-    const accepted = new Promise<QuicheConnection>((resolve) =>
-      server.once("connection", (connection) => resolve(connection as QuicheConnection)),
-    );
-    const client = (await quicheEngine.connect({
-      host: "127.0.0.1",
-      port: server.address().port,
-      serverName: "quic-tunnel-server",
-      tls: clientTls(scratchCerts()),
-      transport: { keepAliveMs: 0, idleTimeoutMs: 30_000 },
-    })) as QuicheConnection;
-    const serverSide = await accepted;
+    const { client, serverSide } = await connectedPair(await listen(false), { keepAliveMs: 0, idleTimeoutMs: 30_000 });
     // Its stream ends with an error when the client closes below: heard here, not left unhandled.
     const streamSeen = new Promise((resolve) => serverSide.once("stream", (stream) => resolve(stream.on("error", () => {}))));
     try {
