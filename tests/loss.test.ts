@@ -77,6 +77,11 @@ async function shortTunnels(count: number, options: { proxyPort: number; targetP
 
 const track = trackProcesses();
 
+/** The agent's log line saying it lost its connection to the server, if it did. */
+function connectionLost(agent: RoleProcess): string | undefined {
+  return /connection to server .* lost[^\n]*/.exec(agent.log())?.[0];
+}
+
 /**
  * A busy node: one spinning process per core (as other pods on a loaded Kubernetes node), each
  * ending by itself after `seconds` should the test not stop it first.
@@ -134,8 +139,7 @@ for (const engine of ENGINES) {
         // outwait --agent-wait and be refused (503, a clear answer). No hang and no cut still hold.
         if (!("Deno" in globalThis)) assert.ok(outcomes.ok >= 1960, `at least 98% complete intact: ${summary}`);
         assert.ok(counts.dropped > 0.5 * loss * (counts.forwarded + counts.dropped), `the relay dropped datagrams: ${summary}`);
-        const lost = /connection to server .* lost[^\n]*/.exec(agent.log())?.[0];
-        assert.equal(lost, undefined, `the agent's connection survived the loss: ${summary}`);
+        assert.equal(connectionLost(agent), undefined, `the agent's connection survived the loss: ${summary}`);
       });
     }
 
@@ -160,8 +164,7 @@ for (const engine of ENGINES) {
       assert.equal(sha256(down.stdout), expectedSha256(64));
       assert.equal(up.code, 0, `${up.stderr}${why}`);
       assert.equal(up.stdout.toString(), `${upload.length} ${sha256(upload)}`);
-      const lost = /connection to server .* lost[^\n]*/.exec(agent.log())?.[0];
-      assert.equal(lost, undefined, `the agent's connection survived${why}`);
+      assert.equal(connectionLost(agent), undefined, `the agent's connection survived${why}`);
     });
 
     test("an agent a second of round trip away connects with the default --handshake-timeout (2 s), and a tunnel works", async () => {
