@@ -260,10 +260,17 @@ async function serveClient(socket: Duplex & Partial<Pick<Socket, "remoteAddress"
   // Our agent-tcp learns of the stream now, not when the client first speaks: its upstream may speak first.
   if (agents.asked(agent, STREAM_OPENED_FEATURE)) stream.write(STREAM_OPENED);
   if (first.length > 0) stream.write(first);
-  if (!passthrough && !(await firstBytes(stream, flags["agent-answer-timeout"]))) {
+  const answer = passthrough ? "answered" : await firstBytes(stream, flags["agent-answer-timeout"]);
+  if (answer === "timeout") {
     abort(stream);
     agents.unanswered(agent, flags["agent-answer-timeout"]);
     tunnel.refuse("timeout", 504, `agent ${agent.peer} did not answer within ${flags["agent-answer-timeout"]} ms`);
+    return;
+  }
+  if (answer === "ended") {
+    // The agent's own doing (a reset under its --max-buffered, a shutdown), not a mute agent's.
+    abort(stream);
+    tunnel.refuse("error", 502, `agent ${agent.peer} ended the tunnel before answering`);
     return;
   }
   if (!passthrough) setupSeconds.observe(tunnel.ageSeconds);

@@ -4,11 +4,11 @@
  *
  * @module
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import { after, before, type TestContext } from "node:test";
-import { type RoleProcess, startHttpTarget } from "./harness.ts";
+import { ROOT, type RoleProcess, runtimeCommand, startHttpTarget } from "./harness.ts";
 
 /** Returns a function that remembers a process; all of them are killed after the file's tests. */
 export function trackProcesses(): <T extends RoleProcess>(proc: T) => T {
@@ -20,6 +20,21 @@ export function trackProcesses(): <T extends RoleProcess>(proc: T) => T {
     started.push(proc);
     return proc;
   };
+}
+
+/**
+ * The HTTP target as a process of its own (tests/fixtures/http-target.ts), in network namespace
+ * `netns` if given: what it serves, a flood's 64 GiB say, then costs the test's event loop nothing.
+ */
+export async function httpTargetProcess(options: { netns?: string } = {}): Promise<{ port: number; stop(): void }> {
+  const [command, base] = runtimeCommand("tests/fixtures/http-target.ts");
+  const argv = options.netns ? ["ip", ["netns", "exec", options.netns, command, ...base]] : [command, base];
+  const target = spawn(argv[0] as string, argv[1] as string[], { stdio: ["ignore", "pipe", "inherit"], cwd: ROOT });
+  const port = await new Promise<number>((resolve, reject) => {
+    target.stdout.once("data", (d: Buffer) => resolve(Number(/listening (\d+)/.exec(d.toString())?.[1])));
+    target.once("exit", (code) => reject(new Error(`the HTTP target exited with ${code} before listening`)));
+  });
+  return { port, stop: () => target.kill("SIGKILL") };
 }
 
 /** A local HTTP target started before the file's tests and closed after them. */

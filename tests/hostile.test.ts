@@ -347,7 +347,7 @@ describe("agents that do not answer", { skip: SLOW_TRANSPORT }, () => {
    * An agent with a valid certificate that takes streams and never answers them: it leaves each
    * unread, or reads the CONNECT and says nothing.
    */
-  async function mute(quicPort: number, behaviour: "never reads" | "reads, never answers") {
+  async function mute(quicPort: number, behaviour: "never reads" | "reads, never answers" | "resets every stream") {
     const engine = await loadEngine("quiche");
     const connection = await engine.connect({
       host: "127.0.0.1",
@@ -358,9 +358,25 @@ describe("agents that do not answer", { skip: SLOW_TRANSPORT }, () => {
     connection.on("stream", (stream) => {
       stream.on("error", () => {});
       if (behaviour === "reads, never answers") stream.resume();
+      if (behaviour === "resets every stream") stream.destroy(new Error("reset"));
     });
     return connection;
   }
+
+  test("an agent that resets a stream before answering: its client gets 502 at once, and the agent is not counted as mute", async () => {
+    const server = track(await startServer({ args: ["--agent-answer-timeout", "10s", "--admin-addr", "127.0.0.1:0"] }));
+    const bad = await mute(server.quicPort, "resets every stream");
+    try {
+      await server.waitFor(/agents=1/);
+      const started = performance.now();
+      const reply = await rawExchange(server.tcpPort, connectGet(target.port), { timeoutMs: 5_000 });
+      assert.match(reply, /^HTTP\/1\.1 502 Bad Gateway\r\n[\s\S]*ended the tunnel before answering/);
+      assert.ok(performance.now() - started < 3_000, "answered at the reset, not at --agent-answer-timeout");
+      assert.equal((await roleMetrics(server)).get("quic_tunnel_agent_answer_timeouts_total"), 0);
+    } finally {
+      bad.close();
+    }
+  });
 
   for (const behaviour of ["never reads", "reads, never answers"] as const) {
     test(`an agent that ${behaviour}: its clients get 504 at --agent-answer-timeout, and the good agent takes the tunnels after`, async () => {

@@ -5,10 +5,10 @@
  * for benchmark networks. Needs root and `ip netns`; skipped, with the reason, where those are missing.
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { after, before, test } from "node:test";
-import { trackProcesses } from "./fixtures.ts";
-import { expectedSha256, ROOT, run, runtimeCommand, SLOW_TRANSPORT, sha256, startAgent, startServer, transferBothWays } from "./harness.ts";
+import { httpTargetProcess, trackProcesses } from "./fixtures.ts";
+import { expectedSha256, run, SLOW_TRANSPORT, sha256, startAgent, startServer, transferBothWays } from "./harness.ts";
 
 const SERVER_NS = `qt-srv-${process.pid}`;
 const AGENT_NS = `qt-agt-${process.pid}`;
@@ -46,12 +46,9 @@ before(async () => {
     unavailable = `network namespaces unavailable here: ${(err as { stderr?: Buffer }).stderr?.toString().trim() || (err as Error).message}`;
     return;
   }
-  const [command, base] = runtimeCommand("tests/fixtures/http-target.ts");
-  const target = spawn("ip", ["netns", "exec", AGENT_NS, command, ...base], { stdio: ["ignore", "pipe", "inherit"], cwd: ROOT });
-  stopTarget = () => target.kill("SIGKILL");
-  targetPort = await new Promise<number>((resolve) =>
-    target.stdout.once("data", (d: Buffer) => resolve(Number(/listening (\d+)/.exec(d.toString())?.[1]))),
-  );
+  const target = await httpTargetProcess({ netns: AGENT_NS });
+  stopTarget = target.stop;
+  targetPort = target.port;
 });
 
 after(async () => {

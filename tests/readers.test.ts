@@ -6,9 +6,9 @@
  */
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { after, describe, test } from "node:test";
+import { after, before, describe, test } from "node:test";
 import { type NonReadingClients, nonReadingClients } from "../scripts/traffic.ts";
-import { httpTargetFixture, rssMb, trackProcesses } from "./fixtures.ts";
+import { httpTargetFixture, httpTargetProcess, rssMb, trackProcesses } from "./fixtures.ts";
 import { currentRuntime, ENGINES, rawExchange, roleMetrics, SLOW_TRANSPORT, startAgent, startServer } from "./harness.ts";
 import { pause, until } from "./wait.ts";
 
@@ -17,7 +17,17 @@ const children: ChildProcess[] = [];
 after(() => {
   for (const child of children) child.kill("SIGKILL");
 });
+/** The flood's target. */
 const target = httpTargetFixture();
+/**
+ * The fresh tunnels' target, a process of its own: the flood's, busy serving a thousand downloads,
+ * answered a fresh tunnel a second or two late, and the tunnel was blamed for it.
+ */
+let freshTarget: Awaited<ReturnType<typeof httpTargetProcess>> | undefined;
+before(async () => {
+  freshTarget = await httpTargetProcess();
+});
+after(() => freshTarget?.stop());
 
 /** {@link nonReadingClients} toward the shared target, killed if a test leaves them behind. */
 async function nonReaders(proxyPort: number, options: { count: number; mib: number; halfClose?: boolean }): Promise<NonReadingClients> {
@@ -43,10 +53,14 @@ async function leastRss<K extends string>(pids: Record<K, number | undefined>): 
 async function freshTunnel(proxyPort: number, mib?: number): Promise<number> {
   const started = performance.now();
   const path = mib ? `/mib/${mib}` : "/bytes/65536";
-  const reply = await rawExchange(proxyPort, `CONNECT 127.0.0.1:${target.port} HTTP/1.1\r\n\r\nGET ${path} HTTP/1.0\r\n\r\n`, {
+  const reply = await rawExchange(proxyPort, `CONNECT 127.0.0.1:${freshTarget?.port} HTTP/1.1\r\n\r\nGET ${path} HTTP/1.0\r\n\r\n`, {
     timeoutMs: 5_000,
   });
-  assert.match(reply, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nHTTP\/1\.[01] 200/, "a fresh tunnel is answered");
+  assert.match(
+    reply,
+    /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nHTTP\/1\.[01] 200/,
+    `a fresh tunnel is answered, got ${reply.length} bytes: ${JSON.stringify(reply.slice(0, 300))}`,
+  );
   const size = mib ? mib * 2 ** 20 : 65536;
   assert.ok(reply.length > size, `a fresh tunnel brings its whole answer, got ${reply.length} bytes`);
   return performance.now() - started;

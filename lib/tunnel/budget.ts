@@ -5,7 +5,7 @@
  * keeps for it. Flow control stops the growth of each one, but not of a thousand: one chunk of a
  * socket is up to 512 KiB, and Bun's `node:quic` keeps reading a stream whatever its reader does.
  * So the stalled directions are watched while there are any, and when together they hold more
- * than the budget, or one holds more than its share, the one stalled longest is ended with an error.
+ * than the budget, or one holds more than its share, the one holding the most is ended with an error.
  * What an ended or departed stall held is garbage then; `onFreed` hears of it, so that the process
  * can give it back (lib/ops/memory.ts) before the next flood of it.
  *
@@ -108,9 +108,11 @@ export class BufferBudget {
   }
 
   /**
-   * Ends every stalled direction over its share, then the longest stalled until the rest fit the
-   * budget: a reader that never reads stalls for good, one that reads slowly stalls again and
-   * again but each time anew.
+   * Ends every stalled direction over its share, then those holding the most (the longest stalled
+   * first among equals) until the rest fit the budget. Not the longest stalled first: in a flood
+   * of readers that never read, every direction stalls again each time its peer takes a little,
+   * and a fresh tunnel, whose answer waits behind them all for a moment, was as old a stall as
+   * any and was ended with its first 64 KiB, while the flood's held two to three times that.
    */
   check(): void {
     let total = 0;
@@ -119,8 +121,10 @@ export class BufferBudget {
       this.#stalls.set(stall, bytes);
       total += bytes;
     }
-    for (const [stall, bytes] of [...this.#stalls]) {
-      if (bytes <= this.#share && total <= this.#limit) continue;
+    if (total <= this.#limit && [...this.#stalls.values()].every((bytes) => bytes <= this.#share)) return;
+    // A stable sort: among equals, the order of stalling.
+    for (const [stall, bytes] of [...this.#stalls].sort((a, b) => b[1] - a[1])) {
+      if (bytes <= this.#share && total <= this.#limit) break;
       total -= bytes;
       this.resume(stall);
       this.aborted++;

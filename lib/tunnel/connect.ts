@@ -205,27 +205,30 @@ export function replyAndClose(socket: Duplex, status: number, options: { reason?
   socket.resume();
 }
 
+/** How the wait of {@link firstBytes} ended. */
+export type FirstBytes = "answered" | "timeout" | "ended";
+
 /**
- * Resolves true once `stream` has a byte to read (left unread, for the pipe), or false after
- * `timeoutMs` or when it ends or fails first: the agent's answer to a CONNECT, awaited.
+ * Resolves "answered" once `stream` has a byte to read (left unread, for the pipe), "timeout"
+ * after `timeoutMs`, or "ended" when it ends or fails first: the agent's answer to a CONNECT, awaited.
  */
-export function firstBytes(stream: Duplex, timeoutMs: number): Promise<boolean> {
+export function firstBytes(stream: Duplex, timeoutMs: number): Promise<FirstBytes> {
   return new Promise((resolve) => {
-    const finish = (answered: boolean) => {
+    const finish = (outcome: FirstBytes) => {
       clearTimeout(timer);
       stream.off("data", onData);
       stream.off("end", onEnd);
       stream.off("error", onEnd);
       stream.off("close", onEnd);
-      resolve(answered);
+      resolve(outcome);
     };
     const onData = (chunk: Buffer) => {
       stream.pause();
       stream.unshift(chunk);
-      finish(true);
+      finish("answered");
     };
-    const onEnd = () => finish(false);
-    const timer = setTimeout(() => finish(false), timeoutMs);
+    const onEnd = () => finish("ended");
+    const timer = setTimeout(() => finish("timeout"), timeoutMs);
     stream.once("data", onData);
     stream.once("end", onEnd);
     stream.once("error", onEnd);

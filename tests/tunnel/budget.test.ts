@@ -39,7 +39,7 @@ test("one stall over half of the budget is ended, whatever the others hold", () 
   budget.resume(small);
 });
 
-test("over the budget, the longest stalled are ended first until the rest fit", () => {
+test("over the budget, the longest stalled are ended first among equals until the rest fit", () => {
   const budget = new BufferBudget(1000);
   const stalls = Array.from({ length: 6 }, () => fakeStall(200));
   for (const stall of stalls) budget.stall(stall);
@@ -51,6 +51,30 @@ test("over the budget, the longest stalled are ended first until the rest fit", 
   assert.match(stalls[0].aborted?.message ?? "", /stalled tunnels hold more than --max-buffered 1000/);
   assert.equal(budget.aborted, 1);
   for (const stall of stalls) budget.resume(stall);
+});
+
+test("over the budget, those holding the most are ended first, however recently they stalled", () => {
+  const budget = new BufferBudget(1000);
+  // A fresh tunnel stalls first, behind a flood whose directions each hold more and stall anew.
+  const fresh = fakeStall(64);
+  budget.stall(fresh);
+  const flood = [fakeStall(190), fakeStall(130), fakeStall(170), fakeStall(150), fakeStall(180), fakeStall(160)];
+  for (const stall of flood) budget.stall(stall);
+  // 64 + 980 > 1000: the heaviest (190) goes, and 854 fit.
+  assert.equal(fresh.aborted, undefined);
+  assert.deepEqual(
+    flood.map((stall) => stall.aborted !== undefined),
+    [true, false, false, false, false, false],
+  );
+  for (const stall of flood) stall.bytes += 60;
+  budget.check();
+  // 64 + 190 + 230 + 210 + 240 + 220 > 1000: the 240 goes; the fresh tunnel, first stalled, stays.
+  assert.equal(fresh.aborted, undefined);
+  assert.deepEqual(
+    flood.map((stall) => stall.aborted !== undefined),
+    [true, false, false, false, true, false],
+  );
+  for (const stall of [fresh, ...flood]) budget.resume(stall);
 });
 
 test("a stall that moves again is no longer counted", () => {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { PassThrough } from "node:stream";
 import { test } from "node:test";
 import {
+  firstBytes,
   HttpError,
   impossibleRequestStart,
   parseConnectTarget,
@@ -141,4 +142,27 @@ test("the first bytes that cannot begin an HTTP request are refused at once; tho
   ]) {
     assert.ok(start(impossible), JSON.stringify(impossible.toString()));
   }
+});
+
+test("an agent's answer is awaited: its first byte is left for the pipe; silence is a timeout, an end or a reset is not", async () => {
+  const answering = new PassThrough();
+  const waited = firstBytes(answering, 1_000);
+  answering.write("HTTP/1.1 200 OK\r\n\r\n");
+  assert.equal(await waited, "answered");
+  assert.equal(String(answering.read()), "HTTP/1.1 200 OK\r\n\r\n");
+
+  const started = performance.now();
+  assert.equal(await firstBytes(new PassThrough(), 50), "timeout");
+  assert.ok(performance.now() - started >= 45);
+
+  const ending = new PassThrough();
+  const ended = firstBytes(ending, 10_000);
+  ending.end();
+  assert.equal(await ended, "ended");
+
+  const reset = new PassThrough();
+  reset.on("error", () => {});
+  const failed = firstBytes(reset, 10_000);
+  reset.destroy(new Error("stream 4 reset by peer"));
+  assert.equal(await failed, "ended");
 });
