@@ -28,8 +28,8 @@ export function trackProcesses(): <T extends RoleProcess>(proc: T) => T {
  */
 export async function httpTargetProcess(options: { netns?: string } = {}): Promise<{ port: number; stop(): void }> {
   const [command, base] = runtimeCommand("tests/fixtures/http-target.ts");
-  const argv = options.netns ? ["ip", ["netns", "exec", options.netns, command, ...base]] : [command, base];
-  const target = spawn(argv[0] as string, argv[1] as string[], { stdio: ["ignore", "pipe", "inherit"], cwd: ROOT });
+  const [file, args]: [string, string[]] = options.netns ? ["ip", ["netns", "exec", options.netns, command, ...base]] : [command, base];
+  const target = spawn(file, args, { stdio: ["ignore", "pipe", "inherit"], cwd: ROOT });
   const port = await new Promise<number>((resolve, reject) => {
     target.stdout.once("data", (d: Buffer) => resolve(Number(/listening (\d+)/.exec(d.toString())?.[1])));
     target.once("exit", (code) => reject(new Error(`the HTTP target exited with ${code} before listening`)));

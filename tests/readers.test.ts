@@ -112,9 +112,9 @@ for (const engine of ENGINES) {
         await until(
           () => {
             const now = cpu();
-            const settled = cpuBefore !== undefined && now - cpuBefore < 2 * SETTLED_CPU;
+            const quiet = cpuBefore !== undefined && now - cpuBefore < 2 * SETTLED_CPU;
             cpuBefore = now;
-            return settled;
+            return quiet;
           },
           "the flood to settle",
           { timeoutMs: 30_000, intervalMs: 1_000 },
